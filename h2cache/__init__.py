@@ -1,0 +1,17 @@
+"""h2cache: H2-Cache (hierarchical two-stage caching) for diffusion transformers, on diffusers hooks.
+
+Example:
+    >>> import h2cache
+    >>> cfg = h2cache.H2CacheConfig(tau1=0.15, tau2=0.22)
+"""
+
+from .config import H2CacheConfig
+from .hooks import H2CacheHandle, apply_h2_cache, is_h2_cache_applied
+from .pfs import pfs_distance, pfs_kernel, pfs_thumbnail
+from .stages import StageSplit, resolve_stages
+from .trace import StepRecord, Trace
+
+__all__ = [
+    "H2CacheConfig", "H2CacheHandle", "StageSplit", "StepRecord", "Trace", "apply_h2_cache",
+    "is_h2_cache_applied", "pfs_distance", "pfs_kernel", "pfs_thumbnail", "resolve_stages",
+]

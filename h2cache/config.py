@@ -1,0 +1,64 @@
+"""H2CacheConfig: the thresholds and pool sizes of H2-Cache, validated on every assignment."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class H2CacheConfig:
+    r"""Configuration of H2-Cache (hierarchical two-stage caching with pooled feature summarization).
+
+    Args:
+        tau1: Threshold of the structure stage (stage 1). A step reuses stage 1 when the PFS distance of its
+            probe block's residual to the reference is below ``tau1``. ``0`` never reuses. Finite, ``>= 0``.
+        tau2: Threshold of the detail stage (stage 2), used when stage 1 was computed. Finite, ``>= 0``.
+        pool_size_stage1: PFS pooling target for stage 1: kernel ``k = max(1, N // pool_size_stage1)``
+            over ``N`` image tokens. Integer ``>= 1``. 2048 is the published FLUX.1 setting.
+        pool_size_stage2: The same for stage 2 (text and image tokens). Integer ``>= 1``; published: 384.
+        stage_split: For models with a single block list (e.g. ``SD3Transformer2DModel``), the index of the
+            first stage-2 block. ``None`` splits at half. Must be ``None`` for two-list models like FLUX.
+        full_residual_distance: Ablation, off by default: compare unpooled residuals instead of PFS thumbnails.
+        independent_stage2: Ablation, off by default: stage 2 measures its own distance even when stage 1 hit,
+            instead of being forced to hit.
+
+    Example:
+        >>> H2CacheConfig(tau1=0.1, tau2=0.2).tau2
+        0.2
+        >>> H2CacheConfig(tau1=-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: H2CacheConfig.tau1 must be a finite number >= 0, got -1
+    """
+
+    tau1: float = 0.15
+    tau2: float = 0.22
+    pool_size_stage1: int = 2048
+    pool_size_stage2: int = 384
+    stage_split: int | None = None
+    full_residual_distance: bool = False
+    independent_stage2: bool = False
+
+    def __setattr__(self, name: str, value) -> None:
+        _validate(name, value)
+        super().__setattr__(name, value)
+
+
+def _validate(name: str, value) -> None:
+    where = f"H2CacheConfig.{name}"
+    if name in ("tau1", "tau2"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        if not ok:
+            raise ValueError(f"{where} must be a finite number >= 0, got {value!r}")
+    elif name in ("pool_size_stage1", "pool_size_stage2"):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"{where} must be an integer >= 1, got {value!r}")
+    elif name == "stage_split":
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"{where} must be None (split at half) or an integer >= 1, got {value!r}")
+    elif name in ("full_residual_distance", "independent_stage2"):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be True or False, got {value!r}")
+    elif name not in {f.name for f in fields(H2CacheConfig)}:
+        raise AttributeError(f"H2CacheConfig has no field {name!r}")

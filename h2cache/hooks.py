@@ -1,0 +1,401 @@
+"""H2-Cache on diffusers' hook machinery.
+
+Each stage gets a *probe* hook on its first block and *block* hooks on the rest,
+all sharing one :class:`~diffusers.hooks.StateManager` (one state per cache
+context, e.g. 'cond'/'uncond'). A *root* hook on the transformer opens and
+closes one :class:`~h2cache.trace.StepRecord` per call. Per call:
+
+1. Stage 1's probe runs; its image-stream residual, summarised by PFS, is
+   compared with the reference. Below ``tau1`` the stage hits: the cached
+   residual of the remaining blocks is added and they are skipped.
+2. Stage 2's probe runs. If stage 1 hit, stage 2 is forced to hit. Otherwise
+   its ``[text; image]`` residual is compared with ``tau2`` the same way.
+
+A miss refreshes the stage's reference and caches the residual the rest of the
+stage adds (last block's output minus the probe's output, both streams).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.utils.torch_utils import unwrap_module
+
+from .config import H2CacheConfig
+from .pfs import pfs_distance, pfs_thumbnail
+from .stages import StageSplit, resolve_stages
+from .trace import StepRecord, Trace
+
+_ROOT_HOOK = "h2cache_root"
+_PROBE_HOOK = "h2cache_probe"
+_BLOCK_HOOK = "h2cache_block"
+DEFAULT_CONTEXT = "default"
+
+
+class _StageState:
+    def __init__(self) -> None:
+        self.ref: torch.Tensor | None = None  # PFS thumbnail of the probe residual at the last miss
+        self.residual: tuple[torch.Tensor | None, torch.Tensor | None] | None = None  # (image, text) added on a hit
+        self.head_output: tuple[torch.Tensor, torch.Tensor | None] | None = None  # probe output during a miss
+        self.hit = False
+
+
+class H2CacheState(BaseState):
+    """Everything H2-Cache remembers within one cache context of one pipeline call."""
+
+    def __init__(self) -> None:
+        self.stages = (_StageState(), _StageState())
+        self.step = 0
+        self.record: StepRecord | None = None
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+class _ContextStateManager(StateManager):
+    """A StateManager that falls back to one default context.
+
+    FluxPipeline names its calls with ``transformer.cache_context('cond'|'uncond')``;
+    SD3's pipeline and direct transformer calls set no context, and all share one.
+    """
+
+    @property
+    def context_name(self) -> str:
+        return self._context.name if self._context is not None else DEFAULT_CONTEXT
+
+    def get_state(self) -> H2CacheState:
+        name = self.context_name
+        if name not in self._state_cache:
+            self._state_cache[name] = self._state_cls(*self._init_args, **self._init_kwargs)
+        return self._state_cache[name]
+
+
+def _streams(output: Any, meta) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not isinstance(output, tuple):
+        return output, None
+    enc = output[meta.return_encoder_hidden_states_index] if meta.return_encoder_hidden_states_index is not None else None
+    return output[meta.return_hidden_states_index], enc
+
+
+def _pack(output: Any, meta, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
+    if not isinstance(output, tuple):
+        return hidden
+    out = list(output)
+    out[meta.return_hidden_states_index] = hidden
+    if meta.return_encoder_hidden_states_index is not None:
+        out[meta.return_encoder_hidden_states_index] = encoder
+    return tuple(out)
+
+
+def _inputs(meta, args, kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    hidden = meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+    encoder = None
+    if meta.return_encoder_hidden_states_index is not None:
+        encoder = meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
+    return hidden, encoder
+
+
+def _sub(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None or b is None else a - b
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return a if a is None or b is None else a + b
+
+
+class H2RootHook(ModelHook):
+    """On the transformer: one trace record per call; the trace restarts at the first call after a reset."""
+
+    _is_stateful = True
+
+    def __init__(self, state_manager: _ContextStateManager, trace: Trace, blocks_total: int) -> None:
+        super().__init__()
+        self.state_manager = state_manager
+        self.trace = trace
+        self.blocks_total = blocks_total
+        self._new_run = True
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        if self._new_run:
+            self.trace.clear()
+            self._new_run = False
+        state = self.state_manager.get_state()
+        state.record = StepRecord(step=state.step, context=self.state_manager.context_name, blocks_total=self.blocks_total)
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        state = self.state_manager.get_state()
+        if state.record is not None:
+            self.trace.append(state.record)
+        state.record = None
+        state.step += 1
+        return output
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        # Pipelines reset stateful hooks at the end of every call (maybe_free_model_hooks); the trace of
+        # that call stays readable until the next call starts.
+        self.state_manager.reset()
+        self._new_run = True
+        return module
+
+
+class H2ProbeHook(ModelHook):
+    """On a stage's first block: run it, measure the PFS distance, and on a hit add the cached residual."""
+
+    _is_stateful = True
+
+    def __init__(self, state_manager: _ContextStateManager, config: H2CacheConfig, stage: int, is_tail: bool) -> None:
+        super().__init__()
+        self.state_manager = state_manager
+        self.config = config
+        self.stage = stage
+        self.is_tail = is_tail  # a one-block stage: nothing after the probe to skip
+        self._meta = None
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
+        return module
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        hidden_in, encoder_in = _inputs(self._meta, args, kwargs)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        state = self.state_manager.get_state()
+        record = state.record
+        if record is None:  # the block was called outside a transformer call: stay out of the way
+            return output
+        record.blocks_run += 1
+        hidden_out, encoder_out = _streams(output, self._meta)
+        stage = state.stages[self.stage]
+
+        forced = (self.stage == 1 and state.stages[0].hit and not self.config.independent_stage2
+                  and stage.residual is not None)
+        distance = None
+        if forced:
+            hit = True
+        else:
+            if self.stage == 0 or encoder_out is None:
+                signal = hidden_out - hidden_in
+            else:
+                signal = torch.cat([encoder_out - encoder_in, hidden_out - hidden_in], dim=1)
+            thumb = self._summarise(signal)
+            comparable = stage.ref is not None and stage.residual is not None and stage.ref.shape == thumb.shape
+            if comparable:
+                distance = self._distance(stage.ref, thumb)
+            tau = self.config.tau1 if self.stage == 0 else self.config.tau2
+            hit = distance is not None and distance < tau
+            if not hit:
+                stage.ref = thumb
+
+        stage.hit = hit
+        if self.stage == 0:
+            record.d1, record.hit1 = distance, hit
+        else:
+            record.d2, record.hit2, record.forced2 = distance, hit, forced
+
+        if hit:
+            res_hidden, res_encoder = stage.residual
+            return _pack(output, self._meta, _add(hidden_out, res_hidden), _add(encoder_out, res_encoder))
+        if self.is_tail:
+            stage.residual = (None, None)
+        else:
+            stage.head_output = (hidden_out, encoder_out)
+        return output
+
+    def _summarise(self, signal: torch.Tensor) -> torch.Tensor:
+        if self.config.full_residual_distance:
+            return signal.float()
+        pool = self.config.pool_size_stage1 if self.stage == 0 else self.config.pool_size_stage2
+        return pfs_thumbnail(signal, pool)
+
+    @torch.compiler.disable
+    def _distance(self, ref: torch.Tensor, thumb: torch.Tensor) -> float:
+        # The one host sync per stage: the decision has to be a Python bool.
+        return float(pfs_distance(ref, thumb).item())
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        return module
+
+
+class H2BlockHook(ModelHook):
+    """On the other blocks of a stage: pass through on a hit; on a miss run, and at the tail cache the residual."""
+
+    _is_stateful = True
+
+    def __init__(self, state_manager: _ContextStateManager, stage: int, is_tail: bool) -> None:
+        super().__init__()
+        self.state_manager = state_manager
+        self.stage = stage
+        self.is_tail = is_tail
+        self._meta = None
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
+        return module
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        state = self.state_manager.get_state()
+        stage = state.stages[self.stage]
+        if state.record is not None and stage.hit:
+            hidden_in, encoder_in = _inputs(self._meta, args, kwargs)
+            if self._meta.return_encoder_hidden_states_index is None:
+                return hidden_in
+            return _pack((None, None), self._meta, hidden_in, encoder_in)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if state.record is None:
+            return output
+        state.record.blocks_run += 1
+        if self.is_tail and stage.head_output is not None:
+            hidden_out, encoder_out = _streams(output, self._meta)
+            head_hidden, head_encoder = stage.head_output
+            stage.residual = (hidden_out - head_hidden, _sub(encoder_out, head_encoder))
+            stage.head_output = None
+        return output
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        return module
+
+
+class H2CacheHandle:
+    """What :func:`apply_h2_cache` returns: the trace of the latest pipeline call, and the way back.
+
+    Attributes:
+        trace: :class:`~h2cache.trace.Trace` of the most recent pipeline call.
+        split: the :class:`~h2cache.stages.StageSplit` in use.
+        config: the :class:`H2CacheConfig` the hooks read (changes to thresholds apply from the next call).
+    """
+
+    def __init__(self, transformer: torch.nn.Module, config: H2CacheConfig, split: StageSplit,
+                 trace: Trace, created_registries: list[torch.nn.Module]) -> None:
+        self.transformer = transformer
+        self.config = config
+        self.split = split
+        self.trace = trace
+        self._created = created_registries
+        self.removed = False
+
+    def reset(self) -> None:
+        """Forget all references and cached residuals, e.g. after a pipeline call that raised."""
+        if not self.removed:
+            HookRegistry.check_if_exists_or_initialize(self.transformer).reset_stateful_hooks(recurse=True)
+
+    def remove(self) -> None:
+        """Detach every hook; the transformer computes exactly what it did before. Safe to call twice."""
+        if self.removed:
+            return
+        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
+        for name in (_ROOT_HOOK, _PROBE_HOOK, _BLOCK_HOOK):
+            registry.remove_hook(name, recurse=True)
+        registry.invalidate_child_registries_cache()
+        for module in self._created:
+            if not module._diffusers_hook.hooks:
+                del module._diffusers_hook
+        if isinstance(vars(self.transformer).get("_reset_stateful_cache"), _ResetOnPipelineEnd):
+            del self.transformer._reset_stateful_cache
+        self.removed = True
+
+    def __enter__(self) -> H2CacheHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self.removed else "active"
+        return f"H2CacheHandle({state}, {self.config}, {self.split.describe()})"
+
+
+def _transformer_of(pipe_or_transformer: Any) -> torch.nn.Module:
+    if isinstance(pipe_or_transformer, torch.nn.Module):
+        return pipe_or_transformer
+    transformer = getattr(pipe_or_transformer, "transformer", None)
+    if isinstance(transformer, torch.nn.Module):
+        return transformer
+    raise TypeError(
+        "apply_h2_cache expects a diffusers pipeline with a .transformer or a transformer module, "
+        f"got {type(pipe_or_transformer).__name__}"
+    )
+
+
+def is_h2_cache_applied(pipe_or_transformer: Any) -> bool:
+    registry = getattr(_transformer_of(pipe_or_transformer), "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(_ROOT_HOOK) is not None
+
+
+def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None) -> H2CacheHandle:
+    r"""Apply H2-Cache to a pipeline's transformer (or to a transformer).
+
+    Args:
+        pipe_or_transformer: a diffusers pipeline with a ``.transformer`` (e.g. ``FluxPipeline``) or the
+            transformer itself (``FluxTransformer2DModel``, ``SD3Transformer2DModel``).
+        config: thresholds and pool sizes; ``H2CacheConfig()`` (the published FLUX.1 settings) if omitted.
+
+    Returns:
+        An :class:`H2CacheHandle` with ``.trace`` and ``.remove()``.
+
+    Raises:
+        TypeError: not a pipeline or module, or `config` is not an ``H2CacheConfig``.
+        ValueError: no block lists H2-Cache understands, a bad ``stage_split``, or a cache already applied.
+        On any error the model is left untouched.
+
+    Example:
+        ```python
+        >>> import torch, h2cache
+        >>> pipe = h2cache.load_pipeline()  # the embedded model
+        >>> handle = h2cache.apply_h2_cache(pipe, h2cache.H2CacheConfig(tau1=0.15, tau2=0.22))
+        >>> image = pipe("a small red circle at the top left on a striped blue background",
+        ...              **h2cache.generation_defaults(pipe), generator=torch.Generator().manual_seed(0)).images[0]
+        >>> [(r.step, r.hit1, r.hit2) for r in handle.trace][:2]
+        [(0, False, False), (1, False, False)]
+        >>> handle.remove()
+        ```
+    """
+    transformer = _transformer_of(pipe_or_transformer)
+    if config is None:
+        config = H2CacheConfig()
+    if not isinstance(config, H2CacheConfig):
+        raise TypeError(f"config must be an H2CacheConfig, got {type(config).__name__}")
+    split = resolve_stages(transformer, config.stage_split)
+    if is_h2_cache_applied(transformer):
+        raise ValueError("H2-Cache is already applied to this transformer; call handle.remove() before applying it again")
+    if getattr(transformer, "_cache_config", None) is not None:
+        raise ValueError(
+            f"the transformer already has a diffusers cache ({type(transformer._cache_config).__name__}); "
+            "call transformer.disable_cache() first"
+        )
+
+    state_manager = _ContextStateManager(H2CacheState)
+    trace = Trace()
+    created = [m for m in (transformer, *split.stage1, *split.stage2) if not hasattr(m, "_diffusers_hook")]
+    root = HookRegistry.check_if_exists_or_initialize(transformer)
+    root.register_hook(H2RootHook(state_manager, trace, split.blocks_total), _ROOT_HOOK)
+    for index, blocks in enumerate((split.stage1, split.stage2)):
+        head, rest = blocks[0], blocks[1:]
+        HookRegistry.check_if_exists_or_initialize(head).register_hook(
+            H2ProbeHook(state_manager, config, index, is_tail=not rest), _PROBE_HOOK)
+        for position, block in enumerate(rest):
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(
+                H2BlockHook(state_manager, index, is_tail=position == len(rest) - 1), _BLOCK_HOOK)
+    # cache_context() walks a cached list of child registries; it must see the new block hooks.
+    root.invalidate_child_registries_cache()
+    handle = H2CacheHandle(transformer, config, split, trace, created)
+    if not hasattr(transformer, "_reset_stateful_cache"):
+        # Pipelines reset stateful hooks at the end of each call only on models with diffusers'
+        # CacheMixin (FLUX has it, SD3 does not); without this, state would leak into the next call.
+        transformer._reset_stateful_cache = _ResetOnPipelineEnd(handle)
+    return handle
+
+
+class _ResetOnPipelineEnd:
+    """Stands in for CacheMixin._reset_stateful_cache on models that lack it; removed with the cache."""
+
+    def __init__(self, handle: H2CacheHandle) -> None:
+        self.handle = handle
+
+    def __call__(self, recurse: bool = True) -> None:
+        self.handle.reset()
