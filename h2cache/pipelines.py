@@ -1,0 +1,84 @@
+"""load_pipeline(): the embedded model offline by default, FLUX.1 hub ids on GPU machines.
+
+Example:
+    >>> import h2cache
+    >>> pipe = h2cache.load_pipeline()                     # assets/tiny-flux-scenes, no network
+    >>> h2cache.generation_defaults(pipe)["height"]
+    64
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+EMBEDDED = "embedded"
+EMBEDDED_MODEL_DIR = Path(os.environ.get(
+    "H2CACHE_EMBEDDED_MODEL", Path(__file__).resolve().parent.parent / "assets" / "tiny-flux-scenes"))
+FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
+FLUX_DEV = "black-forest-labs/FLUX.1-dev"
+
+# Per-model call arguments: what the model was trained or distilled for.
+GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Trained at 64x64 with 16 T5 tokens; true CFG against the empty prompt (trained with 10% prompt dropout).
+    EMBEDDED: {"height": 64, "width": 64, "num_inference_steps": 28, "max_sequence_length": 16,
+               "true_cfg_scale": 1.0, "negative_prompt": None},
+    FLUX_SCHNELL: {"height": 1024, "width": 1024, "num_inference_steps": 4, "guidance_scale": 0.0,
+                   "max_sequence_length": 256},
+    FLUX_DEV: {"height": 1024, "width": 1024, "num_inference_steps": 28, "guidance_scale": 3.5,
+               "max_sequence_length": 512},
+}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pipeline(model: str | None = None, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load a ``FluxPipeline``.
+
+    Args:
+        model: ``None`` or ``"embedded"`` for the model shipped in ``assets/`` (loaded with no network,
+            works under ``HF_HUB_OFFLINE=1``); a hub id such as ``black-forest-labs/FLUX.1-schnell``
+            (``HF_TOKEN`` is read from the environment for gated repos); or a local FluxPipeline directory.
+        device: ``"cuda"`` when available, else ``"cpu"``.
+        dtype: float32 for the embedded model and on the CPU; bfloat16 for hub models on CUDA.
+
+    Raises:
+        FileNotFoundError: the embedded model directory is missing.
+        RuntimeError: a hub model could not be fetched (no access, no network); the message says why.
+    """
+    from diffusers import FluxPipeline
+
+    device = device or default_device()
+    key = EMBEDDED if model in (None, EMBEDDED) else model
+    if key == EMBEDDED:
+        if not (EMBEDDED_MODEL_DIR / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"embedded model not found at {EMBEDDED_MODEL_DIR}; train it with `python -m h2cache.training` "
+                "or set H2CACHE_EMBEDDED_MODEL")
+        pipe = FluxPipeline.from_pretrained(EMBEDDED_MODEL_DIR, local_files_only=True, torch_dtype=dtype or torch.float32)
+        # pipe(prompt) without a size then renders at the trained 64x64, not FLUX's 1024.
+        pipe.default_sample_size = GENERATION_DEFAULTS[EMBEDDED]["height"] // pipe.vae_scale_factor
+    else:
+        if dtype is None:
+            dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        try:
+            pipe = FluxPipeline.from_pretrained(key, torch_dtype=dtype, token=os.environ.get("HF_TOKEN"))
+        except Exception as exc:  # hub errors come in many types; the user needs the reason and the fix
+            raise RuntimeError(
+                f"could not load {key!r}: {exc}. FLUX.1 repositories are gated: accept the license on the "
+                "Hugging Face Hub and set HF_TOKEN, or pre-download the weights into the HF cache."
+            ) from exc
+    pipe._h2cache_model = key
+    return pipe.to(device)
+
+
+def generation_defaults(pipe_or_model: Any = None) -> dict[str, Any]:
+    """The call arguments a model was trained for (a copy), e.g. ``pipe(prompt, **generation_defaults(pipe))``."""
+    key = pipe_or_model if isinstance(pipe_or_model, str) or pipe_or_model is None else getattr(pipe_or_model, "_h2cache_model", None)
+    key = EMBEDDED if key is None else key
+    return dict(GENERATION_DEFAULTS.get(key, {}))
