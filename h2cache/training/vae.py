@@ -50,7 +50,7 @@ def random_crops(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tens
 
 
 def train_vae(images: np.ndarray, out_dir: Path, steps: int, batch_size: int = 32, lr: float = 1e-3,
-              crop: int = 32, minutes: float | None = None, eval_every: int = 250) -> Path:
+              crop: int = 32, minutes: float | None = None, eval_every: int = 250, val_count: int = 256) -> Path:
     """Train (or resume) the VAE on random crops; returns the checkpoint path.
 
     Stops at `steps` or after `minutes` of this run, checkpointing every `eval_every` steps.
@@ -65,7 +65,7 @@ def train_vae(images: np.ndarray, out_dir: Path, steps: int, batch_size: int = 3
         opt.load_state_dict(state["opt"])
         step = state["step"]
     log = LossLog(Path(out_dir) / "vae_loss.csv")
-    val = held_out_images()
+    val = held_out_images(val_count)
     gen = torch.Generator().manual_seed(SEED + step)
     data = to_tensor_range(images)
     start = time.time()

@@ -1,0 +1,97 @@
+"""Measure the embedded model: prompt adherence on held-out prompts, a sample grid, CPU time per image.
+
+``python -m h2cache.training.evaluate --help``. Adherence is judged by the scene parser
+(object colour, position and background texture must all match the prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..scenes import check, sample_specs
+
+
+def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float, size: int) -> list[np.ndarray]:
+    out = pipe(
+        prompt=prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], num_inference_steps=steps,
+        height=size, width=size, max_sequence_length=16, output_type="np", true_cfg_scale=cfg,
+        negative_prompt=[""] * len(prompts) if cfg > 1 else None,
+    )
+    return [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in out.images]
+
+
+def adherence(pipe, specs, steps: int, cfg: float, size: int, batch: int = 40) -> dict:
+    fields = {"color": 0, "position": 0, "texture": 0, "all": 0}
+    images = []
+    for i in tqdm(range(0, len(specs), batch), desc=f"{steps} steps"):
+        chunk = specs[i : i + batch]
+        imgs = generate_batch(pipe, [s.prompt() for s in chunk], list(range(i, i + len(chunk))), steps, cfg, size)
+        for spec, img in zip(chunk, imgs):
+            r = check(img, spec)
+            fields["color"] += r.color_ok
+            fields["position"] += r.position_ok
+            fields["texture"] += r.texture_ok
+            fields["all"] += r.ok
+        images.extend(imgs)
+    n = len(specs)
+    return {"steps": steps, "n": n, **{k: v / n for k, v in fields.items()}}, images
+
+
+def save_grid(images: list[np.ndarray], prompts: list[str], path: Path, cols: int = 8, scale: int = 2) -> None:
+    """Images in a grid (upscaled with nearest neighbour so pixels stay visible), prompts in a side file."""
+    h, w, _ = images[0].shape
+    rows = (len(images) + cols - 1) // cols
+    grid = np.full((rows * (h * scale + 4), cols * (w * scale + 4), 3), 255, np.uint8)
+    for k, img in enumerate(images):
+        r, c = divmod(k, cols)
+        big = img.repeat(scale, 0).repeat(scale, 1)
+        grid[r * (h * scale + 4) : r * (h * scale + 4) + h * scale, c * (w * scale + 4) : c * (w * scale + 4) + w * scale] = big
+    Image.fromarray(grid).save(path)
+    path.with_suffix(".txt").write_text("\n".join(f"{k // cols},{k % cols}: {p}" for k, p in enumerate(prompts)) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m h2cache.training.evaluate", description=__doc__)
+    p.add_argument("--model", type=Path, default=None, help="FluxPipeline directory (default: the embedded model)")
+    p.add_argument("--prompts", type=int, default=120, help="held-out prompts to judge (default: 120)")
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 28, 50])
+    p.add_argument("--true-cfg-scale", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--out", type=Path, default=None, help="where to write results.json and samples.png (default: the model dir)")
+    args = p.parse_args(argv)
+
+    from ..pipelines import load_pipeline
+
+    pipe = load_pipeline(str(args.model) if args.model else None, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    out = args.out or Path(pipe.config._name_or_path if hasattr(pipe.config, "_name_or_path") else ".")
+    out.mkdir(parents=True, exist_ok=True)
+    specs = sample_specs(args.prompts, seed=123, held_out=True)
+    results = []
+    for steps in args.steps:
+        res, images = adherence(pipe, specs, steps, args.true_cfg_scale, args.size)
+        results.append(res)
+        print(json.dumps(res))
+        if steps == 28 or steps == args.steps[0]:
+            save_grid(images[:32], [s.prompt() for s in specs[:32]], out / "samples.png")
+    start = time.perf_counter()
+    generate_batch(pipe, [specs[0].prompt()], [0], 28, args.true_cfg_scale, args.size)
+    seconds = time.perf_counter() - start
+    summary = {"true_cfg_scale": args.true_cfg_scale, "size": args.size, "adherence": results,
+               "cpu_seconds_28_steps_one_image": seconds, "threads": torch.get_num_threads()}
+    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
