@@ -1,0 +1,147 @@
+"""Event handlers: generate (the API endpoint), the step scrubber, and the model picker."""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import gradio as gr
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .difference import difference_map
+from .details import comparison_details
+from .gpu import on_gpu
+from .job import JobResult, run_job
+from .metrics_table import metrics_rows, summary_markdown
+from .models import ModelRegistry
+from .plots.compute_map import compute_map_figure
+from .plots.distances import distance_figure
+from .scrubber import scrubber_state, step_view
+from .settings import AppSettings
+from .trace_view import computed_mask, shown_context
+from .validation import ComparisonRequest, validate_request
+
+log = logging.getLogger("h2cache.app")
+
+
+@dataclass
+class GenerateOutputs:
+    """The generate endpoint's outputs, in the order of its output components (see ui/layout.py)."""
+
+    summary: str
+    baseline_image: np.ndarray
+    cached_image: np.ndarray
+    before_after: tuple[np.ndarray, np.ndarray]
+    difference: np.ndarray
+    metrics: list[list[str]]
+    stage1_plot: Figure
+    stage2_plot: Figure
+    compute_map: Figure
+    scrub_step: Any  # a gr.Slider update: range 1..steps, at the last step
+    preview_baseline: np.ndarray | None
+    preview_cached: np.ndarray | None
+    preview_caption: str
+    details: dict[str, Any]
+    scrub_state: dict[str, Any]
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+OUTPUT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GenerateOutputs))
+
+
+def build_outputs(request: ComparisonRequest, result: JobResult, registry: ModelRegistry, diff_gain: float) -> GenerateOutputs:
+    comparison, quality = result.comparison, result.quality
+    baseline, cached = comparison.baseline.image, comparison.cached.image
+    trace = comparison.cached.trace
+    context, note = shown_context(trace)
+    records = trace.for_context(context)
+    split = _split_sizes(registry, request.model)
+    state = scrubber_state(comparison)
+    preview_b, preview_c, caption = step_view(state, request.steps)
+    return GenerateOutputs(
+        summary=summary_markdown(comparison, quality),
+        baseline_image=baseline,
+        cached_image=cached,
+        before_after=(baseline, cached),
+        difference=difference_map(baseline, cached, diff_gain),
+        metrics=metrics_rows(comparison, quality),
+        stage1_plot=distance_figure(records, 1, comparison.config.tau1, note),
+        stage2_plot=distance_figure(records, 2, comparison.config.tau2, note),
+        compute_map=compute_map_figure(computed_mask(records, *split), split[0], note),
+        scrub_step=gr.Slider(minimum=1, maximum=request.steps, value=request.steps, step=1, interactive=True),
+        preview_baseline=preview_b,
+        preview_cached=preview_c,
+        preview_caption=caption,
+        details=comparison_details(request, comparison, quality),
+        scrub_state=state,
+    )
+
+
+def _split_sizes(registry: ModelRegistry, key: str) -> tuple[int, int]:
+    import h2cache
+
+    split = h2cache.resolve_stages(registry.get(key).transformer)
+    return len(split.stage1), len(split.stage2)
+
+
+def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..., tuple[Any, ...]]:
+    """The generate handler, bound to this app's settings and models."""
+    gpu_job = on_gpu(run_job, settings.zero_gpu_duration)
+
+    def generate(prompt: str, model: str, seed: float, steps: float, width: float, height: float,
+                 tau1: float, tau2: float, pool_size_stage1: float, pool_size_stage2: float,
+                 progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+        """Run the uncached baseline and H2-Cache with the same prompt and seed, and compare them."""
+        request = validate_request(settings, registry.keys, {
+            "prompt": prompt, "model": model, "seed": seed, "steps": steps, "width": width, "height": height,
+            "tau1": tau1, "tau2": tau2, "pool_size_stage1": pool_size_stage1, "pool_size_stage2": pool_size_stage2,
+        })
+
+        def report(fraction: float, description: str) -> None:
+            progress(fraction, desc=description)
+
+        try:
+            progress(0.0, desc=f"Loading {request.model}")
+            result = gpu_job(registry, request, report)
+            progress(1.0, desc="Drawing plots")
+            return build_outputs(request, result, registry, settings.diff_gain).as_tuple()
+        except gr.Error:
+            raise
+        except Exception as exc:  # any failure becomes a message; the server and the next request carry on
+            log.exception("comparison failed for %s", request)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise gr.Error(html.escape(f"Generation failed ({type(exc).__name__}): {exc}", quote=False),
+                           title="Generation failed") from exc
+
+    return generate
+
+
+def show_step(step: float, state: dict[str, Any] | None) -> tuple[Any, Any, str]:
+    return step_view(state, step)
+
+
+def make_model_change(settings: AppSettings) -> Callable[[str], tuple[Any, ...]]:
+    """Picking a model resets steps, size and thresholds to that model's defaults and ranges."""
+
+    def on_model_change(model: str) -> tuple[Any, ...]:
+        try:
+            spec = settings.model(model)
+        except KeyError:
+            return (gr.skip(),) * 5
+        size = dict(minimum=spec.min_size, maximum=spec.max_size, step=spec.size_multiple, value=spec.default_size)
+        return (
+            gr.Slider(minimum=spec.min_steps, maximum=spec.max_steps, value=spec.default_steps),
+            gr.Slider(**size),
+            gr.Slider(**size),
+            gr.Slider(value=spec.tau1),
+            gr.Slider(value=spec.tau2),
+        )
+
+    return on_model_change

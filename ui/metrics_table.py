@@ -1,0 +1,51 @@
+"""The metrics table and one-line summary of a comparison, as display strings."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from h2cache.compare import Comparison
+
+HEADERS = ["", "Baseline", "H2-Cache"]
+
+
+def format_psnr(value: float) -> str:
+    return "∞ (identical)" if math.isinf(value) else f"{value:.2f} dB"
+
+
+def format_lpips(value: float | None, reason: str | None) -> str:
+    return f"{value:.4f}" if value is not None else f"n/a — {reason or 'unavailable'}"
+
+
+def metrics_rows(comparison: Comparison, quality: dict[str, Any]) -> list[list[str]]:
+    trace = comparison.cached.trace
+    calls = len(trace)
+    total = sum(r.blocks_total for r in trace)
+    ran = sum(r.blocks_run for r in trace)
+    hits1, hits2 = trace.hits()
+    forced = sum(r.forced2 for r in trace)
+    base_s, cached_s = comparison.baseline.seconds, comparison.cached.seconds
+    return [
+        ["Wall time", f"{base_s:.2f} s", f"{cached_s:.2f} s"],
+        ["Speedup", "1.00×", f"{comparison.speedup:.2f}×"],
+        ["Blocks executed", f"100% ({total}/{total})", f"{trace.blocks_share():.1%} ({ran}/{total})"],
+        ["Stage-1 hits (structure)", "—", f"{hits1}/{calls}"],
+        ["Stage-2 hits (detail)", "—", f"{hits2}/{calls} ({forced} forced)"],
+        ["PSNR vs baseline", "reference", format_psnr(quality["psnr"])],
+        ["SSIM vs baseline", "reference", f"{quality['ssim']:.4f}"],
+        ["LPIPS (AlexNet) vs baseline", "reference", format_lpips(quality["lpips"], quality.get("lpips_reason"))],
+    ]
+
+
+def summary_markdown(comparison: Comparison, quality: dict[str, Any]) -> str:
+    trace = comparison.cached.trace
+    quality_bits = f"PSNR {format_psnr(quality['psnr'])}, SSIM {quality['ssim']:.4f}"
+    if quality["lpips"] is not None:
+        quality_bits += f", LPIPS {quality['lpips']:.4f}"
+    return (
+        f"**H2-Cache ran {trace.blocks_share():.1%} of the transformer blocks and took "
+        f"{comparison.cached.seconds:.2f} s against {comparison.baseline.seconds:.2f} s for the baseline "
+        f"({comparison.speedup:.2f}×).** {quality_bits}.  \n"
+        f"Model split: {comparison.stages}."
+    )

@@ -1,0 +1,53 @@
+"""One figure per stage: PFS distance at each step, the threshold, and the cache decision."""
+
+from __future__ import annotations
+
+from matplotlib.figure import Figure
+
+from h2cache.trace import StepRecord
+
+HIT, MISS, FORCED, NO_REF = "#2ca02c", "#d62728", "#9467bd", "#7f7f7f"
+
+
+def distance_figure(records: list[StepRecord], stage: int, tau: float, context_note: str) -> Figure:
+    """PFS distance per step for `stage` (1 or 2) of one cache context.
+
+    Steps are numbered from 1. Measured hits and misses sit at their distance. Steps with no
+    distance sit on the x axis: forced stage-2 hits (stage 1 hit, so stage 2 was reused without
+    measuring) and misses with no reference yet (the first step).
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    distances = [r.d1 if stage == 1 else r.d2 for r in records]
+    hits = [r.hit1 if stage == 1 else r.hit2 for r in records]
+    forced = [stage == 2 and r.forced2 for r in records]
+    steps = [r.step + 1 for r in records]
+
+    fig = Figure(figsize=(6.4, 3.0), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    measured = [(s, d) for s, d in zip(steps, distances) if d is not None]
+    if measured:
+        ax.plot(*zip(*measured), color="#bbbbbb", linewidth=1, zorder=1)
+    groups = [
+        ("hit (reused)", HIT, "o", True, lambda d, h, f: d is not None and h),
+        ("miss (computed)", MISS, "X", True, lambda d, h, f: d is not None and not h),
+        ("forced hit (stage 1 hit, not measured)", FORCED, "D", False, lambda d, h, f: f),
+        ("miss, no reference yet", NO_REF, "s", False, lambda d, h, f: d is None and not h),
+    ]
+    for label, color, marker, filled, select in groups:
+        points = [(s, d if d is not None else 0.0) for s, d, h, f in zip(steps, distances, hits, forced) if select(d, h, f)]
+        if points:
+            xs, ys = zip(*points)
+            ax.scatter(xs, ys, s=36, marker=marker, label=f"{label}: {len(points)}", zorder=3, clip_on=False,
+                       facecolors=color if filled else "none", edgecolors=color, linewidths=1.5)
+    ax.axhline(tau, color="#1f77b4", linestyle="--", linewidth=1.5, label=f"threshold τ{stage} = {tau:g}")
+    top = max([tau, *[d for d in distances if d is not None]]) * 1.15 or 1.0
+    ax.set_ylim(0, top)
+    ax.set_xlim(0.5, max(steps, default=1) + 0.5)
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel("PFS distance")
+    name = "structure" if stage == 1 else "detail"
+    ax.set_title(f"Stage {stage} ({name}): PFS distance per step — {context_note}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
+    ax.grid(alpha=0.25)
+    return fig

@@ -1,0 +1,186 @@
+"""space.yaml -> AppSettings: the allowed models, input limits, defaults and queue settings.
+
+A malformed file fails at startup with the offending key named, not at the first request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from h2cache.pipelines import generation_defaults
+
+DEFAULT_SETTINGS_PATH = Path(__file__).resolve().parent.parent / "space.yaml"
+
+
+class SettingsError(ValueError):
+    """space.yaml is missing a key or holds a value of the wrong kind."""
+
+
+def _get(mapping: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    if key not in mapping:
+        if default is ...:
+            raise SettingsError(f"space.yaml: {where}.{key} is missing")
+        return default
+    value = mapping[key]
+    # YAML reads 1 as int; allow it where a float is wanted, never a bool for a number.
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and kind is not bool:
+        raise SettingsError(f"space.yaml: {where}.{key} must be {kind}, got {value!r}")
+    if not isinstance(value, kind):
+        raise SettingsError(f"space.yaml: {where}.{key} must be {kind}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    label: str
+    requires_gpu: bool
+    min_size: int
+    max_size: int
+    size_multiple: int
+    min_steps: int
+    max_steps: int
+    default_size: int
+    default_steps: int
+    tau1: float
+    tau2: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    prompt_max_chars: int
+    tau_max: float
+    pool_size_min: int
+    pool_size_max: int
+    seed_max: int
+
+
+@dataclass(frozen=True)
+class Defaults:
+    model: str
+    prompt: str
+    seed: int
+    pool_size_stage1: int
+    pool_size_stage2: int
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    seed: int
+    steps: int
+    size: int
+    tau1: float
+    tau2: float
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    title: str
+    host: str
+    port: int
+    concurrency_limit: int
+    queue_max_size: int
+    zero_gpu_duration: int
+    limits: Limits
+    defaults: Defaults
+    diff_gain: float
+    models: tuple[ModelSpec, ...]
+    examples: tuple[Example, ...]
+
+    def available_models(self, cuda_available: bool) -> list[ModelSpec]:
+        """The models this machine may serve: GPU-only ones are dropped without CUDA."""
+        return [m for m in self.models if cuda_available or not m.requires_gpu]
+
+    def model(self, key: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.key == key:
+                return spec
+        raise KeyError(key)
+
+
+def _model(raw: dict[str, Any], index: int) -> ModelSpec:
+    where = f"models[{index}]"
+    key = _get(raw, "key", str, where)
+    sizes = _get(raw, "sizes", dict, where)
+    steps = _get(raw, "steps", dict, where)
+    gen = generation_defaults(key)
+    spec = ModelSpec(
+        key=key,
+        label=_get(raw, "label", str, where, key),
+        requires_gpu=_get(raw, "requires_gpu", bool, where, False),
+        min_size=_get(sizes, "min", int, f"{where}.sizes"),
+        max_size=_get(sizes, "max", int, f"{where}.sizes"),
+        size_multiple=_get(sizes, "multiple", int, f"{where}.sizes", 16),
+        min_steps=_get(steps, "min", int, f"{where}.steps", 1),
+        max_steps=_get(steps, "max", int, f"{where}.steps"),
+        default_size=_get(raw, "default_size", int, where, gen.get("height", 0)),
+        default_steps=_get(raw, "default_steps", int, where, gen.get("num_inference_steps", 0)),
+        tau1=_get(raw, "tau1", float, where, 0.15),
+        tau2=_get(raw, "tau2", float, where, 0.22),
+    )
+    if not 0 < spec.min_size <= spec.default_size <= spec.max_size:
+        raise SettingsError(f"space.yaml: {where}: need 0 < sizes.min <= default size ({spec.default_size}) <= sizes.max")
+    if not 0 < spec.min_steps <= spec.default_steps <= spec.max_steps:
+        raise SettingsError(f"space.yaml: {where}: need 0 < steps.min <= default steps ({spec.default_steps}) <= steps.max")
+    return spec
+
+
+def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
+    """Read and check space.yaml.
+
+    Raises:
+        SettingsError: a key is missing, has the wrong type, or the defaults contradict the limits.
+    """
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    server = _get(raw, "server", dict, "<root>", {})
+    queue = _get(raw, "queue", dict, "<root>", {})
+    limits_raw = _get(raw, "limits", dict, "<root>")
+    defaults_raw = _get(raw, "defaults", dict, "<root>")
+    models = tuple(_model(m, i) for i, m in enumerate(_get(raw, "models", list, "<root>")))
+    if not models:
+        raise SettingsError("space.yaml: models must list at least one model")
+    limits = Limits(
+        prompt_max_chars=_get(limits_raw, "prompt_max_chars", int, "limits"),
+        tau_max=_get(limits_raw, "tau_max", float, "limits"),
+        pool_size_min=_get(limits_raw, "pool_size_min", int, "limits", 1),
+        pool_size_max=_get(limits_raw, "pool_size_max", int, "limits"),
+        seed_max=_get(limits_raw, "seed_max", int, "limits", 2**32 - 1),
+    )
+    defaults = Defaults(
+        model=_get(defaults_raw, "model", str, "defaults"),
+        prompt=_get(defaults_raw, "prompt", str, "defaults"),
+        seed=_get(defaults_raw, "seed", int, "defaults", 0),
+        pool_size_stage1=_get(defaults_raw, "pool_size_stage1", int, "defaults", 2048),
+        pool_size_stage2=_get(defaults_raw, "pool_size_stage2", int, "defaults", 384),
+    )
+    if defaults.model not in {m.key for m in models}:
+        raise SettingsError(f"space.yaml: defaults.model {defaults.model!r} is not one of the listed models")
+    examples = tuple(
+        Example(
+            prompt=_get(e, "prompt", str, f"examples[{i}]"), seed=_get(e, "seed", int, f"examples[{i}]", 0),
+            steps=_get(e, "steps", int, f"examples[{i}]"), size=_get(e, "size", int, f"examples[{i}]"),
+            tau1=_get(e, "tau1", float, f"examples[{i}]"), tau2=_get(e, "tau2", float, f"examples[{i}]"),
+        )
+        for i, e in enumerate(_get(raw, "examples", list, "<root>", []))
+    )
+    return AppSettings(
+        title=_get(raw, "title", str, "<root>", "H2-Cache comparison"),
+        host=_get(server, "host", str, "server", "127.0.0.1"),
+        port=_get(server, "port", int, "server", 7860),
+        concurrency_limit=_get(queue, "default_concurrency_limit", int, "queue", 1),
+        queue_max_size=_get(queue, "max_size", int, "queue", 32),
+        zero_gpu_duration=_get(raw, "zero_gpu_duration", int, "<root>", 120),
+        limits=limits,
+        defaults=defaults,
+        diff_gain=_get(raw, "diff_gain", float, "<root>", 8.0),
+        models=models,
+        examples=examples,
+    )

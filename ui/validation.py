@@ -1,0 +1,140 @@
+"""Check every input of a comparison request against space.yaml, naming the field and the allowed range.
+
+The same checks serve the page (through Gradio's ``validator=``, before any queueing or model
+work) and direct API calls (inside the handler), so neither path can reach the model with bad input.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import gradio as gr
+
+from h2cache import H2CacheConfig
+
+from .settings import AppSettings
+
+# Order of the generate endpoint's inputs; the validator returns one gr.validate per entry.
+INPUT_FIELDS = ("prompt", "model", "seed", "steps", "width", "height", "tau1", "tau2",
+                "pool_size_stage1", "pool_size_stage2")
+
+
+@dataclass(frozen=True)
+class ComparisonRequest:
+    """A request whose every field has passed the checks."""
+
+    prompt: str
+    model: str
+    seed: int
+    steps: int
+    width: int
+    height: int
+    tau1: float
+    tau2: float
+    pool_size_stage1: int
+    pool_size_stage2: int
+
+    def config(self) -> H2CacheConfig:
+        return H2CacheConfig(tau1=self.tau1, tau2=self.tau2, pool_size_stage1=self.pool_size_stage1,
+                             pool_size_stage2=self.pool_size_stage2)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _shown(value: Any) -> str:
+    """A short, HTML-safe echo of a rejected value (Gradio renders error messages as HTML)."""
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return html.escape(text, quote=False)
+
+
+def _number(value: Any) -> float | None:
+    """A finite real number, or None. Strings are accepted because raw API payloads may carry them."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _whole(value: Any, field: str, low: int, high: int, problems: dict[str, str], multiple: int = 1) -> int | None:
+    allowed = f"a whole number from {low} to {high}" + (f" in multiples of {multiple}" if multiple > 1 else "")
+    number = _number(value)
+    if number is None or number != int(number):
+        problems[field] = f"{field} must be {allowed}, got {_shown(value)}"
+        return None
+    whole = int(number)
+    if not low <= whole <= high or whole % multiple:
+        problems[field] = f"{field} must be {allowed}, got {whole}"
+        return None
+    return whole
+
+
+def _real(value: Any, field: str, low: float, high: float, problems: dict[str, str]) -> float | None:
+    number = _number(value)
+    if number is None or not low <= number <= high:
+        problems[field] = f"{field} must be a number from {low:g} to {high:g}, got {_shown(value)}"
+        return None
+    return number
+
+
+def find_problems(settings: AppSettings, allowed_models: list[str], values: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """(problems by field, cleaned values). A field is in exactly one of the two."""
+    problems: dict[str, str] = {}
+    clean: dict[str, Any] = {}
+    limits = settings.limits
+
+    prompt = values.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        problems["prompt"] = "prompt must not be empty"
+    elif len(prompt.strip()) > limits.prompt_max_chars:
+        problems["prompt"] = f"prompt must be at most {limits.prompt_max_chars} characters, got {len(prompt.strip())}"
+    else:
+        clean["prompt"] = prompt.strip()
+
+    model = values.get("model")
+    spec = None
+    if model not in allowed_models:
+        problems["model"] = f"model must be one of {allowed_models}, got {_shown(model)}"
+    else:
+        clean["model"] = model
+        spec = settings.model(model)
+
+    clean["seed"] = _whole(values.get("seed"), "seed", 0, limits.seed_max, problems)
+    if spec is not None:  # steps and sizes depend on the model; with an unknown model only that is reported
+        clean["steps"] = _whole(values.get("steps"), "steps", spec.min_steps, spec.max_steps, problems)
+        for side in ("width", "height"):
+            clean[side] = _whole(values.get(side), side, spec.min_size, spec.max_size, problems, spec.size_multiple)
+    for tau in ("tau1", "tau2"):
+        clean[tau] = _real(values.get(tau), tau, 0.0, limits.tau_max, problems)
+    for pool in ("pool_size_stage1", "pool_size_stage2"):
+        clean[pool] = _whole(values.get(pool), pool, limits.pool_size_min, limits.pool_size_max, problems)
+    return problems, {k: v for k, v in clean.items() if k not in problems}
+
+
+def validate_request(settings: AppSettings, allowed_models: list[str], values: dict[str, Any]) -> ComparisonRequest:
+    """The checked request, or a ``gr.Error`` listing every bad field and its allowed range."""
+    problems, clean = find_problems(settings, allowed_models, values)
+    if problems:
+        raise gr.Error("Invalid input: " + "; ".join(problems.values()), title="Invalid input")
+    return ComparisonRequest(**clean)
+
+
+def make_validator(settings: AppSettings, allowed_models: list[str]):
+    """A ``validator=`` function for the generate event: one ``gr.validate`` per input, in INPUT_FIELDS order."""
+
+    def validate_inputs(*args: Any) -> list[dict[str, Any]]:
+        problems, _ = find_problems(settings, allowed_models, dict(zip(INPUT_FIELDS, args)))
+        return [gr.validate(field not in problems, problems.get(field, "")) for field in INPUT_FIELDS]
+
+    return validate_inputs
