@@ -7,11 +7,12 @@ Example:
 
 from .config import H2CacheConfig
 from .hooks import H2CacheHandle, apply_h2_cache, is_h2_cache_applied
+from .pipelines import generation_defaults, load_pipeline
 from .pfs import pfs_distance, pfs_kernel, pfs_thumbnail
 from .stages import StageSplit, resolve_stages
 from .trace import StepRecord, Trace
 
 __all__ = [
     "H2CacheConfig", "H2CacheHandle", "StageSplit", "StepRecord", "Trace", "apply_h2_cache",
-    "is_h2_cache_applied", "pfs_distance", "pfs_kernel", "pfs_thumbnail", "resolve_stages",
+    "is_h2_cache_applied", "generation_defaults", "load_pipeline", "pfs_distance", "pfs_kernel", "pfs_thumbnail", "resolve_stages",
 ]

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+import h2cache
+
 from .difference import difference_map
 from .details import comparison_details
 from .gpu import on_gpu
-from .job import JobResult, run_job
+from .job import JobResult, register_models, run_job
 from .metrics_table import metrics_rows, summary_markdown
 from .models import ModelRegistry
 from .plots.compute_map import compute_map_figure
@@ -84,8 +86,6 @@ def build_outputs(request: ComparisonRequest, result: JobResult, registry: Model
 
 
 def _split_sizes(registry: ModelRegistry, key: str) -> tuple[int, int]:
-    import h2cache
-
     split = h2cache.resolve_stages(registry.get(key).transformer)
     return len(split.stage1), len(split.stage2)
 
@@ -93,6 +93,7 @@ def _split_sizes(registry: ModelRegistry, key: str) -> tuple[int, int]:
 def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..., tuple[Any, ...]]:
     """The generate handler, bound to this app's settings and models."""
     gpu_job = on_gpu(run_job, settings.zero_gpu_duration)
+    registry_id = register_models(registry)
 
     def generate(prompt: str, model: str, seed: float, steps: float, width: float, height: float,
                  tau1: float, tau2: float, pool_size_stage1: float, pool_size_stage2: float,
@@ -103,12 +104,9 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
             "tau1": tau1, "tau2": tau2, "pool_size_stage1": pool_size_stage1, "pool_size_stage2": pool_size_stage2,
         })
 
-        def report(fraction: float, description: str) -> None:
-            progress(fraction, desc=description)
-
         try:
-            progress(0.0, desc=f"Loading {request.model}")
-            result = gpu_job(registry, request, report)
+            progress(0.0, desc="Starting the baseline run")
+            result = gpu_job(registry_id, request, progress)
             progress(1.0, desc="Drawing plots")
             return build_outputs(request, result, registry, settings.diff_gain).as_tuple()
         except gr.Error:

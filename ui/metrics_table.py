@@ -14,6 +14,12 @@ def format_psnr(value: float) -> str:
     return "∞ (identical)" if math.isinf(value) else f"{value:.2f} dB"
 
 
+def format_ssim(value: float) -> str:
+    text = f"{value:.4f}"
+    # A near-perfect SSIM must not read as the exact 1 of identical images.
+    return f"{value:.6f}" if text == "1.0000" and value != 1.0 else text
+
+
 def format_lpips(value: float | None, reason: str | None) -> str:
     return f"{value:.4f}" if value is not None else f"n/a — {reason or 'unavailable'}"
 
@@ -33,14 +39,14 @@ def metrics_rows(comparison: Comparison, quality: dict[str, Any]) -> list[list[s
         ["Stage-1 hits (structure)", "—", f"{hits1}/{calls}"],
         ["Stage-2 hits (detail)", "—", f"{hits2}/{calls} ({forced} forced)"],
         ["PSNR vs baseline", "reference", format_psnr(quality["psnr"])],
-        ["SSIM vs baseline", "reference", f"{quality['ssim']:.4f}"],
+        ["SSIM vs baseline", "reference", format_ssim(quality["ssim"])],
         ["LPIPS (AlexNet) vs baseline", "reference", format_lpips(quality["lpips"], quality.get("lpips_reason"))],
     ]
 
 
 def summary_markdown(comparison: Comparison, quality: dict[str, Any]) -> str:
     trace = comparison.cached.trace
-    quality_bits = f"PSNR {format_psnr(quality['psnr'])}, SSIM {quality['ssim']:.4f}"
+    quality_bits = f"PSNR {format_psnr(quality['psnr'])}, SSIM {format_ssim(quality['ssim'])}"
     if quality["lpips"] is not None:
         quality_bits += f", LPIPS {quality['lpips']:.4f}"
     return (

@@ -95,7 +95,9 @@ def find_problems(settings: AppSettings, allowed_models: list[str], values: dict
     limits = settings.limits
 
     prompt = values.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str):
+        problems["prompt"] = f"prompt must be text, got {_shown(prompt)}"
+    elif not prompt.strip():
         problems["prompt"] = "prompt must not be empty"
     elif len(prompt.strip()) > limits.prompt_max_chars:
         problems["prompt"] = f"prompt must be at most {limits.prompt_max_chars} characters, got {len(prompt.strip())}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from matplotlib.patches import Patch
 
 REUSED, COMPUTED = "#e8eef7", "#1f4e9c"
@@ -25,6 +26,7 @@ def compute_map_figure(mask: np.ndarray, stage1_blocks: int, context_note: str) 
     ax.set_xticks(np.arange(0.5, steps + 1), minor=True)
     ax.grid(which="minor", axis="x", color="white", linewidth=0.5)
     ax.tick_params(which="minor", length=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("denoising step")
     share = mask.mean() if mask.size else 1.0
     ax.set_title(f"Compute map of the H2-Cache run: {share:.0%} of block executions ran — {context_note}", fontsize=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from h2cache.trace import StepRecord
 
@@ -23,7 +24,7 @@ def distance_figure(records: list[StepRecord], stage: int, tau: float, context_n
     forced = [stage == 2 and r.forced2 for r in records]
     steps = [r.step + 1 for r in records]
 
-    fig = Figure(figsize=(6.4, 3.0), dpi=100, layout="constrained")
+    fig = Figure(figsize=(6.4, 3.4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     measured = [(s, d) for s, d in zip(steps, distances) if d is not None]
     if measured:
@@ -44,10 +45,12 @@ def distance_figure(records: list[StepRecord], stage: int, tau: float, context_n
     top = max([tau, *[d for d in distances if d is not None]]) * 1.15 or 1.0
     ax.set_ylim(0, top)
     ax.set_xlim(0.5, max(steps, default=1) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("denoising step")
     ax.set_ylabel("PFS distance")
     name = "structure" if stage == 1 else "detail"
     ax.set_title(f"Stage {stage} ({name}): PFS distance per step — {context_note}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
+    # Outside the axes: a legend inside would hide the markers it explains.
+    fig.legend(fontsize=7, loc="outside lower center", ncols=3, frameon=False)
     ax.grid(alpha=0.25)
     return fig

@@ -1,0 +1,56 @@
+"""H2-Cache comparison app: `python app.py`, or a Hugging Face Space (app_file: app.py).
+
+Reads space.yaml, loads the default model once, builds the page from ui/, and serves it through
+Gradio's queue. Environment:
+    GRADIO_SERVER_NAME / GRADIO_SERVER_PORT  where to listen (default 127.0.0.1:7860; 0.0.0.0:7860 on a Space)
+    H2CACHE_EMBEDDED_MODEL                   another directory for the embedded model (read by h2cache.pipelines)
+    HF_TOKEN                                 for the gated FLUX.1 repositories (GPU machines only)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from h2cache.metrics import lpips_availability
+
+from ui.layout import build_demo
+from ui.models import ModelRegistry
+from ui.server_address import server_address
+from ui.settings import DEFAULT_SETTINGS_PATH, AppSettings, load_settings
+
+ROOT = Path(__file__).resolve().parent
+CSS_PATH = ROOT / "assets" / "app.css"
+log = logging.getLogger("h2cache.app")
+
+
+def create_app(settings: AppSettings | None = None, registry: ModelRegistry | None = None) -> tuple[gr.Blocks, AppSettings, ModelRegistry]:
+    """The queued Blocks app, its settings and its model registry (default model already loaded)."""
+    settings = settings or load_settings(DEFAULT_SETTINGS_PATH)
+    registry = registry or ModelRegistry(settings)
+    try:
+        # Load before the first request, so nobody's first click pays for it (and, on ZeroGPU,
+        # so the weights live in the main process rather than in one GPU call).
+        registry.get(registry.default_key)
+    except Exception as exc:  # the page still comes up and says why generation cannot work
+        log.error("could not load the default model %r: %s", registry.default_key, exc)
+    # Finding out whether LPIPS can load (it may try a download) must not delay startup or the first result.
+    threading.Thread(target=lpips_availability, name="lpips-warmup", daemon=True).start()
+    demo = build_demo(settings, registry)
+    demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.queue_max_size)
+    return demo, settings, registry
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    demo, settings, _ = create_app()
+    host, port = server_address(settings.host, settings.port)
+    css = CSS_PATH.read_text(encoding="utf-8") if CSS_PATH.exists() else None
+    demo.launch(server_name=host, server_port=port, css=css, show_error=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""``python -m h2cache.bench``: argument parsing into a :class:`~h2cache.bench.spec.BenchConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from typing import Any
+
+from ..methods import METHODS
+from .spec import DEFAULT_METHODS, DEFAULT_PROMPTS, TEXT_PROMPTS, BenchConfig, parse_grid
+
+
+def _method_help() -> str:
+    lines = []
+    for method in METHODS.values():
+        lines.append(f"  {method.name}: {method.summary}")
+        for s in method.settings:
+            lines.append(f"      {s.describe()}  {s.help}")
+        if method.default_grid:
+            grid = ":".join(f"{k}={','.join(str(v) for v in vs)}" for k, vs in method.default_grid.items())
+            lines.append(f"      default grid: {method.name}:{grid}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m h2cache.bench",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Benchmark H2-Cache against FirstBlockCache, TeaCache, MagCache and TaylorSeer on one model:
+            wall time (denoising loop and end to end), blocks and FLOPs executed, and PSNR/SSIM/LPIPS
+            against the uncached image of the same prompt and seed. Writes results.json, summary.csv,
+            samples.csv, results.md and PNG plots into --out."""),
+        epilog="methods and their settings:\n" + _method_help() + textwrap.dedent("""
+
+            examples:
+              python -m h2cache.bench --num-prompts 8 --steps 28 --out runs/bench/embedded-28
+              python -m h2cache.bench --methods none h2cache fbcache --grid h2cache:tau1=0.1,0.2:tau2=0.22
+              accelerate launch --multi_gpu --num_processes 2 -m h2cache.bench --device cpu --out runs/bench/sharded
+            (on a machine without GPUs, --multi_gpu is what makes accelerate start several processes)"""))
+    parser.add_argument("--model", default="embedded",
+                        help="'embedded' (assets/tiny-flux-scenes, offline), a hub id such as "
+                             "black-forest-labs/FLUX.1-dev, or a local FluxPipeline directory")
+    parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS),
+                        help=f"prompt file, one per line, '#' comments (default: the embedded model's scenes; "
+                             f"text-in-image captions for FLUX.1: h2cache/prompts/{TEXT_PROMPTS.name})")
+    parser.add_argument("--num-prompts", type=int, default=8, help="use the first N prompts (0: all)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[28], help="denoising step counts, e.g. 28 50 100")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="generator seeds per prompt")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
+                        metavar="METHOD", help=f"methods to run ('none' is always run as the reference); "
+                                               f"choose from {', '.join(METHODS)}")
+    parser.add_argument("--grid", action="append", default=[], metavar="METHOD:KEY=V1,V2[:KEY=...]",
+                        help="replace a method's default grid (repeatable); values are range-checked")
+    parser.add_argument("--auto-grid", type=float, nargs="+", metavar="SHARE",
+                        help="choose each threshold method's grid so that it runs these shares of blocks "
+                             "(e.g. 0.9 0.75 0.6 0.45 0.3) on calibration prompts, per step count; "
+                             "--grid still wins for the methods it names")
+    parser.add_argument("--auto-grid-prompts", type=int, default=2, help="calibration prompts the --auto-grid scan uses")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed uncached calls before timing, per step count")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per point; the median is reported")
+    parser.add_argument("--out", default="runs/bench", help="output directory")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--height", type=int, help="image height (default: the model's)")
+    parser.add_argument("--width", type=int, help="image width (default: the model's)")
+    parser.add_argument("--max-sequence-length", type=int, help="T5 tokens (default: the model's)")
+    parser.add_argument("--guidance-scale", type=float, help="distilled guidance (FLUX.1-dev)")
+    parser.add_argument("--calibration", default=None,
+                        help="calibration JSON for TeaCache/MagCache (default: h2cache/methods/calibration.json)")
+    parser.add_argument("--calibrate", choices=("auto", "force", "never"), default="auto",
+                        help="auto: calibrate TeaCache/MagCache where this model has no numbers; force: redo")
+    parser.add_argument("--calibration-prompts", type=int, default=8,
+                        help="prompts per calibration (embedded model: drawn from the training split)")
+    parser.add_argument("--match-tolerance", type=float, default=0.05,
+                        help="equal-compute matching: |share of blocks executed| difference allowed")
+    parser.add_argument("--match-peers", nargs="+", default=["fbcache", "teacache"], choices=list(METHODS),
+                        metavar="METHOD", help="peers H2-Cache is matched against")
+    parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (reported as not requested)")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-decision-cost", action="store_true", help="skip the PFS on/off decision timing")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> BenchConfig:
+    import shlex
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        grids = dict(parse_grid(text) for text in args.grid)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for name, value in (("--num-prompts", args.num_prompts), ("--warmup", args.warmup)):
+        if value < 0:
+            parser.error(f"{name} must be >= 0, got {value}")
+    if args.auto_grid and not all(0 < t <= 1 for t in args.auto_grid):
+        parser.error(f"--auto-grid shares must be in (0, 1], got {args.auto_grid}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if any(s < 2 for s in args.steps):
+        parser.error("--steps must all be >= 2")
+    overrides: dict[str, Any] = {}
+    for key in ("height", "width", "max_sequence_length", "guidance_scale"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return BenchConfig(
+        model=args.model, prompts_file=args.prompts, num_prompts=args.num_prompts or None,
+        steps=tuple(args.steps), seeds=tuple(args.seeds), methods=tuple(dict.fromkeys(args.methods)), grids=grids,
+        warmup=args.warmup, repeats=args.repeats, out=args.out, device=args.device, call_overrides=overrides,
+        calibration_file=args.calibration, calibrate=args.calibrate, calibration_prompts=args.calibration_prompts,
+        auto_grid=tuple(args.auto_grid) if args.auto_grid else None, auto_grid_prompts=args.auto_grid_prompts,
+        lpips=not args.no_lpips, plots=not args.no_plots, progress=not args.no_progress,
+        decision_cost=not args.no_decision_cost, match_tolerance=args.match_tolerance,
+        match_peers=tuple(args.match_peers), command=shlex.join(["python", "-m", "h2cache.bench", *argv]))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    from .runner import run_benchmark
+
+    config = parse_config(argv)
+    results = run_benchmark(config)
+    if results is not None:
+        print(f"[bench] wrote {config.out}/results.md, results.json, summary.csv, samples.csv"
+              + (", " + ", ".join(results.get("plots", [])) if results.get("plots") else ""))
+    return results

@@ -1,0 +1,308 @@
+"""Runs the benchmark: calibration, FLOP table, warm-up, then every (steps, prompt, seed, variant), timed.
+
+Work is split by (prompt, seed) across the processes ``accelerate launch`` starts;
+each process writes its rows to ``<out>/shards/``, and the main process merges
+them once all are done. Without ``accelerate launch`` it is one process.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..compare import generate
+from ..metrics import compare_images
+from ..methods import (
+    CalibrationStore, FlopTable, MethodTrace, apply_method, calibrate_magcache, calibrate_teacache,
+    measure_flop_table, model_fingerprint, model_key,
+)
+from ..pipelines import EMBEDDED, generation_defaults, load_pipeline
+from .machine import describe_machine
+from .spec import BenchConfig, Variant, expand_variants, read_prompts
+
+TIME_FIELDS = ("denoise_s", "total_s", "denoise_s_runs", "total_s_runs", "baseline_denoise_s",
+               "baseline_total_s", "speedup_denoise", "speedup_total")
+
+
+@dataclass
+class TimedRun:
+    image: np.ndarray
+    total_s: float
+    denoise_s: float
+    trace: MethodTrace
+
+
+def timed_run(pipe: Any, handle: Any, prompt: str, seed: int, call_args: dict[str, Any]) -> TimedRun:
+    """One pipeline call: end-to-end seconds (``compare.generate``) and the denoising loop's seconds
+    (first transformer call to the end of the last scheduler step)."""
+    device = pipe._execution_device
+    marks: dict[str, float] = {}
+
+    def on_step(name: str, done: int, total: int) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        marks["last_step_end"] = time.perf_counter()
+
+    result = generate(pipe, prompt, seed=seed, previews=False, progress=on_step, **call_args)
+    denoise = marks["last_step_end"] - handle.run_started_at
+    return TimedRun(result.image, result.seconds, denoise, MethodTrace(handle.trace))
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+def _call_args(pipe: Any, config: BenchConfig, steps: int) -> dict[str, Any]:
+    args = {**generation_defaults(pipe), **config.call_overrides, "num_inference_steps": steps}
+    missing = [k for k in ("height", "width") if k not in args]
+    if missing:
+        raise ValueError(f"no default {' and '.join(missing)} for model {config.model!r}; pass --height and --width")
+    return args
+
+
+def calibration_prompts(config: BenchConfig, bench_prompts: list[str]) -> list[str]:
+    """Prompts for TeaCache/MagCache calibration: for the embedded model, scenes from the *training* split
+    (the benchmark's prompts are held out, and calibrating on them would leak); else the benchmark prompts."""
+    if config.model in (None, EMBEDDED):
+        from ..scenes import sample_specs
+
+        return [s.prompt() for s in sample_specs(config.calibration_prompts, seed=2024, held_out=False)]
+    return bench_prompts[: config.calibration_prompts]
+
+
+def ensure_calibration(pipe: Any, config: BenchConfig, store: CalibrationStore, prompts: list[str],
+                       log=print) -> dict[str, Any]:
+    """Calibrate TeaCache and MagCache for this model where needed (``config.calibrate``); returns what was done."""
+    done: dict[str, Any] = {}
+    if config.calibrate == "never":
+        return done
+    key, fingerprint = model_key(pipe), model_fingerprint(pipe.transformer)
+    force = config.calibrate == "force"
+    if "teacache" in config.methods and (force or store.get(key, fingerprint, "teacache") is None):
+        steps = config.steps[0]
+        log(f"calibrating teacache for {key} on {len(prompts)} prompts at {steps} steps")
+        cal = calibrate_teacache(pipe, prompts, (0,), **_call_args(pipe, config, steps))
+        store.put(key, fingerprint, "teacache", cal)
+        done["teacache"] = cal
+    if "magcache" in config.methods:
+        ratios = dict(store.get(key, fingerprint, "magcache") or {})
+        for steps in config.steps:
+            if force or str(steps) not in ratios:
+                log(f"calibrating magcache for {key} on {len(prompts)} prompts at {steps} steps")
+                ratios[str(steps)] = calibrate_magcache(pipe, prompts, (0,), **_call_args(pipe, config, steps))
+                done.setdefault("magcache", {})[str(steps)] = ratios[str(steps)]
+        if "magcache" in done:
+            store.put(key, fingerprint, "magcache", ratios)
+    return done
+
+
+def _row(variant: Variant, steps: int, prompt_index: int, prompt: str, seed: int, runs: list[TimedRun],
+         base: list[TimedRun] | None, description: str, lpips: bool) -> dict[str, Any]:
+    first = runs[0]
+    trace = first.trace
+    deterministic = all(np.array_equal(r.image, first.image) for r in runs) and all(
+        [x.blocks_run for x in r.trace] == [x.blocks_run for x in trace] for r in runs)
+    row: dict[str, Any] = {
+        "steps": steps, "prompt_index": prompt_index, "prompt": prompt, "seed": seed,
+        "method": variant.method, "variant": variant.label, "settings": variant.kwargs,
+        "description": description,
+        "denoise_s": statistics.median(r.denoise_s for r in runs),
+        "total_s": statistics.median(r.total_s for r in runs),
+        "denoise_s_runs": [r.denoise_s for r in runs], "total_s_runs": [r.total_s for r in runs],
+        "calls": len(trace), "hits": trace.hit_count(),
+        "blocks_run": sum(x.blocks_run for x in trace), "blocks_total": sum(x.blocks_total for x in trace),
+        "blocks_share": trace.blocks_share(), "attn_share": trace.attn_share(), "flops_share": trace.flops_share(),
+        "blocks_per_call": [x.blocks_run for x in trace],
+        "deterministic": deterministic,
+    }
+    reference = (base or runs)[0].image
+    quality = compare_images(reference, first.image, lpips=lpips)
+    identical = bool(np.array_equal(reference, first.image))
+    row.update(mse=_mse(reference, first.image), identical=identical,
+               psnr=None if identical else quality["psnr"], ssim=quality["ssim"],
+               lpips=quality["lpips"], lpips_reason=quality["lpips_reason"])
+    if base is not None:
+        row["baseline_denoise_s"] = statistics.median(r.denoise_s for r in base)
+        row["baseline_total_s"] = statistics.median(r.total_s for r in base)
+    return row
+
+
+def measure(pipe: Any, variant: Variant, prompt: str, seed: int, call_args: dict[str, Any], flops: FlopTable | None,
+            store: CalibrationStore, repeats: int, tick=lambda: None) -> tuple[list[TimedRun], str]:
+    handle = apply_method(pipe, variant.method, num_inference_steps=int(call_args["num_inference_steps"]),
+                          flops=flops, calibration=store, **variant.kwargs)
+    try:
+        runs = []
+        for _ in range(repeats):
+            runs.append(timed_run(pipe, handle, prompt, seed, call_args))
+            tick()
+        return runs, handle.attachment.description
+    finally:
+        handle.remove()
+
+
+def _decision_cost(pipe: Any, flops: FlopTable, device: str, repeats: int = 10) -> list[dict[str, Any]]:
+    """H2-Cache's per-stage decision time with PFS on and off (``h2cache.overhead.decision_seconds``, which times
+    the real probe hook), at this model's shapes and at FLUX.1's at 1024x1024."""
+    from ..config import H2CacheConfig
+    from ..overhead import FLUX_DIM, FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS, decision_seconds
+    from ..pfs import pfs_kernel
+
+    config = pipe.transformer.config
+    torch_device = torch.device(device)
+    shapes = [("this model", flops.image_tokens, flops.text_tokens,
+               int(config.num_attention_heads * config.attention_head_dim), pipe.transformer.dtype),
+              ("FLUX.1 1024px", FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS, FLUX_DIM,
+               torch.bfloat16 if torch_device.type == "cuda" else torch.float32)]
+    rows = []
+    for name, image, text, dim, dtype in shapes:
+        pfs = H2CacheConfig()
+        full = H2CacheConfig(full_residual_distance=True)
+        on = decision_seconds(image, text, dim, torch_device, dtype, pfs, repeats)
+        off = decision_seconds(image, text, dim, torch_device, dtype, full, repeats)
+        rows.append({"shape": name, "image_tokens": image, "text_tokens": text, "channels": dim,
+                     "dtype": str(dtype).replace("torch.", ""),
+                     "kernel_stage1": pfs_kernel(image, dim, pfs.pool_size_stage1),
+                     "kernel_stage2": pfs_kernel(image + text, dim, pfs.pool_size_stage2),
+                     "stage1_pfs_s": on[0], "stage2_pfs_s": on[1], "stage1_full_s": off[0], "stage2_full_s": off[1]})
+    return rows
+
+
+def _grids_by_steps(pipe: Any, config: BenchConfig, state: Any, store: CalibrationStore, prompts: list[str],
+                    out: Path, log) -> tuple[dict[int, dict[str, dict]], dict[str, Any] | None]:
+    """Explicit grids, completed by --auto-grid's selection (made once on the main process, read by all)."""
+    grids = {steps: dict(config.grids) for steps in config.steps}
+    if not config.auto_grid:
+        return grids, None
+    from .autogrid import select_grids
+
+    path = out / "auto_grid.json"
+    if state.is_main_process:
+        chosen = {}
+        for steps in config.steps:
+            selected, curves = select_grids(pipe, config.methods, config.grids, tuple(config.auto_grid),
+                                            prompts[: config.auto_grid_prompts], _call_args(pipe, config, steps),
+                                            store, log)
+            chosen[str(steps)] = {"grids": selected, "curves": curves}
+        path.write_text(json.dumps({"targets": list(config.auto_grid), "by_steps": chosen}, indent=1))
+    state.wait_for_everyone()
+    auto = json.loads(path.read_text())
+    for steps in config.steps:
+        for method, grid in auto["by_steps"][str(steps)]["grids"].items():
+            grids[steps][method] = {k: tuple(v) for k, v in grid.items()}
+    return grids, auto
+
+
+def run_benchmark(config: BenchConfig) -> dict[str, Any] | None:
+    """Run the benchmark in this process (one of several under ``accelerate launch``).
+
+    Returns the merged results on the main process (also written to ``config.out``), ``None`` on the others.
+    """
+    from accelerate import PartialState
+
+    from .report import write_outputs
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    state = PartialState(cpu=device == "cpu")
+    if device != "cpu":
+        device = str(state.device)
+    rank, world = state.process_index, state.num_processes
+    out = Path(config.out)
+    shards = out / "shards"
+    if state.is_main_process:
+        shards.mkdir(parents=True, exist_ok=True)
+        for old in shards.glob("rank*.json"):
+            old.unlink()
+    state.wait_for_everyone()
+
+    prompts = read_prompts(config.prompts_file, config.num_prompts)
+    methods = tuple(config.methods) if "none" in config.methods else ("none", *config.methods)
+    config.methods = methods
+    items = [(i, seed) for i in range(len(prompts)) for seed in config.seeds]
+
+    pipe = load_pipeline(None if config.model == EMBEDDED else config.model, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    store = CalibrationStore(config.calibration_file)
+    log = (lambda msg: tqdm.write(f"[bench] {msg}")) if state.is_main_process else (lambda msg: None)
+    cal_prompts = calibration_prompts(config, prompts)
+    calibrated: dict[str, Any] = {}
+    if state.is_main_process:
+        calibrated = ensure_calibration(pipe, config, store, cal_prompts, log)
+    state.wait_for_everyone()
+    grids_by_steps, auto_grid = _grids_by_steps(pipe, config, state, store, cal_prompts, out, log)
+    variants_by_steps = {}
+    for steps in config.steps:
+        variants = expand_variants(methods, grids_by_steps[steps])
+        variants_by_steps[steps] = [v for v in variants if v.method == "none"][:1] + [
+            v for v in variants if v.method != "none"]
+
+    flop_tables = {}
+    for steps in config.steps:
+        args = _call_args(pipe, config, steps)
+        shape_key = (args["height"], args["width"], args.get("max_sequence_length"))
+        if shape_key not in flop_tables:
+            flop_tables[shape_key] = measure_flop_table(pipe, prompts[0], **{k: v for k, v in args.items()
+                                                                              if k != "num_inference_steps"})
+    with state.split_between_processes(items) as mine:
+        mine = list(mine)
+    total = sum(config.warmup + len(mine) * len(variants_by_steps[s]) * config.repeats for s in config.steps)
+    bar = tqdm(total=total, desc=f"bench {rank + 1}/{world}", position=rank, dynamic_ncols=True,
+               disable=not config.progress)
+    rows: list[dict[str, Any]] = []
+    for steps in config.steps:
+        args = _call_args(pipe, config, steps)
+        flops = flop_tables[(args["height"], args["width"], args.get("max_sequence_length"))]
+        variants = variants_by_steps[steps]
+        if config.warmup:
+            measure(pipe, variants[0], prompts[0], config.seeds[0], args, flops, store, config.warmup, bar.update)
+        for prompt_index, seed in mine:
+            prompt = prompts[prompt_index]
+            base, _ = measure(pipe, variants[0], prompt, seed, args, flops, store, config.repeats, bar.update)
+            rows.append(_row(variants[0], steps, prompt_index, prompt, seed, base, base, "uncached", config.lpips))
+            for variant in variants[1:]:
+                bar.set_postfix_str(f"{steps} steps, prompt {prompt_index}, {variant.label}", refresh=False)
+                runs, description = measure(pipe, variant, prompt, seed, args, flops, store, config.repeats,
+                                            bar.update)
+                rows.append(_row(variant, steps, prompt_index, prompt, seed, runs, base, description, config.lpips))
+    bar.close()
+    with open(shards / f"rank{rank}.json", "w") as f:
+        json.dump({"rank": rank, "world": world, "rows": rows}, f)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+
+    merged: list[dict[str, Any]] = []
+    for path in sorted(shards.glob("rank*.json")):
+        with open(path) as f:
+            merged.extend(json.load(f)["rows"])
+    if world == 1:  # one shard is the merged result; keep shards only as the record of a sharded run
+        shutil.rmtree(shards)
+    order = {(s, v.label): i for s, vs in variants_by_steps.items() for i, v in enumerate(vs)}
+    merged.sort(key=lambda r: (r["steps"], r["prompt_index"], r["seed"], order[(r["steps"], r["variant"])]))
+    for row in merged:
+        base_denoise, base_total = row.get("baseline_denoise_s"), row.get("baseline_total_s")
+        row["speedup_denoise"] = base_denoise / row["denoise_s"] if base_denoise else None
+        row["speedup_total"] = base_total / row["total_s"] if base_total else None
+    config_dict = asdict(config)
+    meta = {
+        "command": config.command if world == 1 else f"accelerate launch ... ({world} processes) {config.command}",
+        "processes": world, "config": config_dict, "machine": describe_machine(device),
+        "model_key": model_key(pipe), "model_fingerprint": model_fingerprint(pipe.transformer),
+        "call_args": {str(s): {k: v for k, v in _call_args(pipe, config, s).items()} for s in config.steps},
+        "flop_tables": {f"{h}x{w}/{t}": table.as_dict() for (h, w, t), table in flop_tables.items()},
+        "calibration_file": str(store.path), "calibrated_now": sorted(calibrated),
+        "variants": {str(s): [v.label for v in vs] for s, vs in variants_by_steps.items()}, "prompts": prompts,
+        "auto_grid": auto_grid,
+    }
+    if config.decision_cost and any(m.startswith("h2cache") for m in methods):
+        meta["decision_cost"] = _decision_cost(pipe, next(iter(flop_tables.values())), device)
+    return write_outputs(out, meta, merged, config)

@@ -1,0 +1,123 @@
+"""What a benchmark run measures: prompts, steps, seeds, and the method variants swept over their grids.
+
+Example:
+    >>> grid = parse_grid("h2cache:tau1=0.1,0.2:tau2=0.22")
+    >>> grid
+    ('h2cache', {'tau1': (0.1, 0.2), 'tau2': (0.22,)})
+    >>> [v.label for v in expand_variants(["none", "h2cache"], dict([grid]))]
+    ['none', 'h2cache(tau1=0.1,tau2=0.22)', 'h2cache(tau1=0.2,tau2=0.22)']
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..methods import get_method
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+DEFAULT_PROMPTS = PROMPTS_DIR / "embedded.txt"
+TEXT_PROMPTS = PROMPTS_DIR / "cute_text.txt"
+DEFAULT_METHODS = ("none", "h2cache", "fbcache", "teacache", "magcache", "taylorseer",
+                   "h2cache-no-pfs", "h2cache-independent-stage2")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One method at one point of its grid. ``label`` names it in tables and plots."""
+
+    method: str
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.settings:
+            return self.method
+        return f"{self.method}(" + ",".join(f"{k}={_fmt(v)}" for k, v in self.settings) + ")"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclass
+class BenchConfig:
+    """Everything ``python -m h2cache.bench`` was asked to do (also written into results.json)."""
+
+    model: str = "embedded"
+    prompts_file: str = str(DEFAULT_PROMPTS)
+    num_prompts: int | None = 8
+    steps: tuple[int, ...] = (28,)
+    seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    grids: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+    warmup: int = 1
+    repeats: int = 3
+    out: str = "runs/bench"
+    device: str | None = None
+    call_overrides: dict[str, Any] = field(default_factory=dict)
+    calibration_file: str | None = None
+    calibrate: str = "auto"  # auto | force | never
+    calibration_prompts: int = 8
+    auto_grid: tuple[float, ...] | None = None  # target shares of blocks run; see autogrid.py
+    auto_grid_prompts: int = 2
+    lpips: bool = True
+    plots: bool = True
+    progress: bool = True
+    decision_cost: bool = True
+    match_tolerance: float = 0.05
+    match_peers: tuple[str, ...] = ("fbcache", "teacache")
+    command: str = "python -m h2cache.bench"  # as typed, for the report
+
+
+def parse_grid(text: str) -> tuple[str, dict[str, tuple[Any, ...]]]:
+    """``'method:key=v1,v2:key2=v3'`` -> (method, {key: values}), values parsed and range-checked."""
+    parts = [p for p in text.strip().split(":") if p.strip()]
+    if not parts:
+        raise ValueError("empty --grid; expected METHOD:KEY=V1,V2[:KEY=...]")
+    method = get_method(parts[0].strip())
+    grid: dict[str, tuple[Any, ...]] = {}
+    for part in parts[1:]:
+        if "=" not in part:
+            raise ValueError(f"--grid {text!r}: {part!r} is not KEY=V1,V2")
+        key, values = (s.strip() for s in part.split("=", 1))
+        setting = method.setting(key)
+        parsed = tuple(setting.parse(method.name, v) for v in values.split(",") if v.strip())
+        if not parsed:
+            raise ValueError(f"--grid {text!r}: no values for {key}")
+        grid[key] = parsed
+    return method.name, grid
+
+
+def expand_variants(methods: list[str] | tuple[str, ...],
+                    grids: dict[str, dict[str, tuple[Any, ...]]]) -> list[Variant]:
+    """Each method's grid (given, else its default grid) as a cartesian product of variants."""
+    variants: list[Variant] = []
+    for name in methods:
+        method = get_method(name)
+        grid = grids.get(name, method.default_grid)
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+            settings = tuple(zip(keys, values))
+            method.validate(**dict(settings))
+            variants.append(Variant(name, settings))
+    return variants
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
+    """Non-empty lines not starting with '#'; the first `limit` of them."""
+    lines = Path(path).read_text().splitlines()
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"no prompts in {path}")
+    return prompts[:limit] if limit else prompts

@@ -1,0 +1,128 @@
+"""The registry of methods the benchmark compares, under the names users type.
+
+Example:
+    >>> [m for m in list_methods()][:6]
+    ['none', 'h2cache', 'fbcache', 'teacache', 'magcache', 'taylorseer']
+    >>> handle = apply_method(pipe, "fbcache", threshold=0.08)          # doctest: +SKIP
+    >>> image = pipe("a red circle", num_inference_steps=28).images[0]  # doctest: +SKIP
+    >>> handle.trace.blocks_share() < 1                                 # doctest: +SKIP
+    True
+    >>> handle.remove()                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import ApplyContext, Attachment, Method, MethodHandle
+from .diffusers_caches import attach_fbcache, attach_magcache, attach_taylorseer
+from .h2 import attach_h2cache
+from .meter import MethodRecord
+from .settings import Setting
+from .teacache import FLUX_DEV_COEFFICIENTS, TeaCacheConfig, apply_teacache, teacache_blocks
+
+INF = None  # an open upper bound
+
+
+def _attach_none(settings: dict[str, Any], context: ApplyContext) -> Attachment:
+    return Attachment(remove=lambda: None, description="uncached")
+
+
+def teacache_coefficients(context: ApplyContext) -> tuple[list[float], str]:
+    stored = context.calibration.get(context.model_key, context.fingerprint, "teacache")
+    if stored:
+        return list(stored["coefficients"]), "calibrated"
+    if context.model_key == "black-forest-labs/FLUX.1-dev":
+        return list(FLUX_DEV_COEFFICIENTS), "published TeaCache4FLUX coefficients"
+    raise ValueError(
+        f"teacache needs a rescaling polynomial for model {context.model_key!r} (fingerprint {context.fingerprint}) "
+        f"in {context.calibration.path}; run `python -m h2cache.bench --calibrate force --methods teacache` "
+        "or h2cache.methods.calibrate_teacache(pipe, prompts, ...) and store the result")
+
+
+def _attach_teacache(settings: dict[str, Any], context: ApplyContext) -> Attachment:
+    teacache_blocks(context.transformer)  # unsupported models fail on that, before any calibration lookup
+    coefficients, origin = teacache_coefficients(context)
+    config = TeaCacheConfig(threshold=settings["threshold"], coefficients=coefficients,
+                            num_inference_steps=context.num_inference_steps)
+    handle = apply_teacache(context.transformer, config)
+
+    def annotate(records: list[MethodRecord]) -> None:
+        if len(handle.decisions) != len(records):
+            return
+        for record, decision in zip(records, handle.decisions):
+            record.signal = decision.accumulated
+            record.detail = {"change": decision.change, "accumulated": decision.accumulated,
+                             "computed": decision.computed}
+
+    text = f"TeaCacheConfig(threshold={config.threshold}; polynomial {origin})"
+    return Attachment(remove=handle.remove, annotate=annotate, description=text, inner=handle)
+
+
+_TAU1 = Setting("tau1", float, 0.15, 0.0, INF, "stage-1 (structure) PFS threshold")
+_TAU2 = Setting("tau2", float, 0.22, 0.0, INF, "stage-2 (detail) PFS threshold")
+_POOL1 = Setting("pool_size_stage1", int, 2048, 1, INF, "PFS pooling target of stage 1 (k = N // pool)")
+_POOL2 = Setting("pool_size_stage2", int, 384, 1, INF, "PFS pooling target of stage 2")
+_H2_GRID = {"tau1": (0.05, 0.1, 0.15, 0.25, 0.4), "tau2": (0.1, 0.22, 0.4)}
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+register(Method("none", "uncached baseline", (), {}, _attach_none))
+register(Method(
+    "h2cache", "H2-Cache: two-stage residual reuse gated by PFS distances (this project)",
+    (_TAU1, _TAU2, _POOL1, _POOL2,
+     Setting("full_residual_distance", bool, False, help="ablation: unpooled distance instead of PFS"),
+     Setting("independent_stage2", bool, False, help="ablation: stage 2 decides even when stage 1 hit")),
+    _H2_GRID, attach_h2cache))
+register(Method(
+    "fbcache", "diffusers FirstBlockCache (transformer.enable_cache)",
+    (Setting("threshold", float, 0.05, 0.0, INF, "relative L1 threshold on the first block's residual"),),
+    {"threshold": (0.02, 0.05, 0.08, 0.12, 0.2, 0.3)}, attach_fbcache))
+register(Method(
+    "teacache", "TeaCache for FLUX: accumulated rescaled change of the modulated input (implemented here)",
+    (Setting("threshold", float, 0.4, 0.0, INF, "accumulated rescaled relative L1 threshold"),),
+    {"threshold": (0.1, 0.25, 0.4, 0.6, 0.8, 1.2)}, _attach_teacache))
+register(Method(
+    "magcache", "diffusers MagCache with ratios calibrated on the model",
+    (Setting("threshold", float, 0.06, 0.0, INF, "accumulated magnitude error threshold"),
+     Setting("max_skip_steps", int, 3, 1, INF, "most consecutive skipped steps"),
+     Setting("retention_ratio", float, 0.2, 0.0, 1.0, "share of initial steps never skipped")),
+    {"threshold": (0.02, 0.06, 0.12, 0.24, 0.5)}, attach_magcache))
+register(Method(
+    "taylorseer", "diffusers TaylorSeer: Taylor-extrapolated attention outputs between full steps",
+    (Setting("cache_interval", int, 5, 1, INF, "steps between full computations"),
+     Setting("disable_cache_before_step", int, 3, 0, INF, "warm-up steps always computed"),
+     Setting("max_order", int, 1, 0, 4, "order of the Taylor expansion"),
+     Setting("lite", bool, False, help="lite mode: skip whole blocks, extrapolate proj_out")),
+    {"cache_interval": (2, 3, 4, 6)}, attach_taylorseer))
+# Ablations of H2-Cache, as methods so that they get their own curves.
+register(Method(
+    "h2cache-no-pfs", "ablation: H2-Cache deciding on unpooled residuals (PFS off)",
+    (_TAU1, _TAU2), _H2_GRID, attach_h2cache, fixed={"full_residual_distance": True}))
+register(Method(
+    "h2cache-independent-stage2", "ablation: H2-Cache without the forced stage-2 hit",
+    (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache, fixed={"independent_stage2": True}))
+
+
+def list_methods() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}") from None
+
+
+def apply_method(pipe_or_transformer: Any, name: str, **kwargs: Any) -> MethodHandle:
+    """Apply a method by name; see :meth:`Method.apply` for the keyword arguments."""
+    return get_method(name).apply(pipe_or_transformer, **kwargs)

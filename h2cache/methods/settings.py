@@ -1,0 +1,84 @@
+"""Declared settings of a caching method: type, range, default; validated with errors that name the field.
+
+Example:
+    >>> s = Setting("threshold", float, 0.05, low=0.0, high=10.0, help="relative L1 threshold")
+    >>> validate_settings("fbcache", (s,), {"threshold": 0.1})
+    {'threshold': 0.1}
+    >>> validate_settings("fbcache", (s,), {"threshold": -1})
+    Traceback (most recent call last):
+    ...
+    ValueError: fbcache.threshold must be a number in [0.0, 10.0], got -1
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One tunable of a method. ``low``/``high`` are inclusive bounds (``None``: unbounded)."""
+
+    name: str
+    kind: type  # float, int or bool
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    help: str = ""
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return f"{self.name}: true/false (default {self.default})"
+        return f"{self.name}: {self.kind.__name__} in {self.range_text()} (default {self.default})"
+
+    def range_text(self) -> str:
+        low = "-inf" if self.low is None else self.low
+        high = "inf" if self.high is None else self.high
+        return f"[{low}, {high}]"
+
+    def check(self, method: str, value: Any) -> Any:
+        where = f"{method}.{self.name}"
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be true or false, got {value!r}")
+            return value
+        if self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            label = "an integer"
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            label = "a number"
+        ok = ok and (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+        if not ok:
+            raise ValueError(f"{where} must be {label} in {self.range_text()}, got {value!r}")
+        return float(value) if self.kind is float else value
+
+    def parse(self, method: str, text: str) -> Any:
+        """A value from the command line (``'0.1'``, ``'3'``, ``'true'``), then checked."""
+        text = text.strip()
+        try:
+            if self.kind is bool:
+                lowered = text.lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                value: Any = lowered in ("1", "true", "yes", "on")
+            elif self.kind is int:
+                value = int(text)
+            else:
+                value = float(text)
+        except ValueError:
+            kind = "true/false" if self.kind is bool else self.kind.__name__
+            raise ValueError(f"{method}.{self.name} expects {kind}, got {text!r}") from None
+        return self.check(method, value)
+
+
+def validate_settings(method: str, declared: tuple[Setting, ...], given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in, every value checked; unknown names raise ``ValueError`` listing the known ones."""
+    by_name = {s.name: s for s in declared}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        known = ", ".join(by_name) or "none"
+        raise ValueError(f"{method} has no setting {unknown[0]!r}; its settings are: {known}")
+    return {name: s.check(method, given.get(name, s.default)) for name, s in by_name.items()}

@@ -1,0 +1,376 @@
+"""TeaCache for ``FluxTransformer2DModel``, on diffusers hooks.
+
+TeaCache (Liu et al., "Timestep Embedding Tells: It's Time to Cache for Video
+Diffusion Model", 2024) decides per step whether to run the transformer blocks:
+
+1. The signal is the timestep-modulated input of the first block: the first
+   output of ``transformer_blocks[0].norm1(hidden_states, emb=temb)``.
+2. Its relative L1 change since the previous step, ``mean|m_t - m_{t-1}| / mean|m_{t-1}|``,
+   is rescaled by a polynomial fitted for the model (it maps input change to
+   output change) and added to an accumulator.
+3. While the accumulator stays below ``threshold`` the blocks are skipped and the
+   residual they added at the last computed step is added to the image stream.
+   Once it crosses, the blocks run, the residual is refreshed and the accumulator
+   restarts from zero. The first and the last step are always computed.
+
+The polynomial comes from :func:`calibrate_teacache` (``numpy.polyfit`` over an
+uncached run) and is stored per model by :class:`~h2cache.methods.calibration.CalibrationStore`.
+
+Each cache context ('cond'/'uncond') keeps its own state; nothing crosses pipeline calls.
+
+Example:
+    >>> import torch
+    >>> config = TeaCacheConfig(threshold=0.4, coefficients=(1.0, 0.0), num_inference_steps=28)
+    >>> handle = apply_teacache(pipe.transformer, config)                       # doctest: +SKIP
+    >>> image = pipe("a red circle", num_inference_steps=28).images[0]          # doctest: +SKIP
+    >>> sum(d.computed for d in handle.decisions)                               # doctest: +SKIP
+    11
+    >>> handle.remove()                                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.utils.torch_utils import unwrap_module
+
+from ..hooks import _ContextStateManager
+
+_HEAD_HOOK = "teacache_head"
+_BLOCK_HOOK = "teacache_block"
+
+# Published TeaCache4FLUX rescaling polynomial for FLUX.1-dev (highest power first).
+FLUX_DEV_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
+
+
+@dataclass
+class TeaCacheConfig:
+    r"""Settings of TeaCache.
+
+    Args:
+        threshold: Skip while the accumulated rescaled change stays below this. ``0`` never skips.
+            Published FLUX.1-dev points: 0.25 (~1.5x), 0.4 (~1.8x), 0.6 (~2.0x), 0.8 (~2.25x).
+        coefficients: The rescaling polynomial, highest power first (``numpy.polyfit`` order).
+        num_inference_steps: Steps of the pipeline call, so that the last step is always computed.
+
+    Example:
+        >>> TeaCacheConfig(threshold=-1, coefficients=(1.0, 0.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: TeaCacheConfig.threshold must be a finite number >= 0, got -1
+    """
+
+    threshold: float = 0.4
+    coefficients: Sequence[float] = field(default_factory=tuple)
+    num_inference_steps: int = 28
+
+    def __post_init__(self) -> None:
+        t = self.threshold
+        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0):
+            raise ValueError(f"TeaCacheConfig.threshold must be a finite number >= 0, got {t!r}")
+        coefficients = tuple(self.coefficients)
+        if not coefficients or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in coefficients):
+            raise ValueError(
+                "TeaCacheConfig.coefficients must be a non-empty sequence of finite numbers (highest power first); "
+                "fit them with h2cache.methods.calibrate_teacache")
+        self.coefficients = tuple(float(c) for c in coefficients)
+        n = self.num_inference_steps
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 2):
+            raise ValueError(f"TeaCacheConfig.num_inference_steps must be an integer >= 2, got {n!r}")
+
+    def rescale(self, change: float) -> float:
+        return float(np.polyval(self.coefficients, change))
+
+
+@dataclass
+class TeaCacheDecision:
+    """One call's decision: the relative change (``None`` when forced), the accumulator after it, and the outcome."""
+
+    step: int
+    context: str
+    change: float | None
+    accumulated: float
+    computed: bool
+
+
+class TeaCacheState(BaseState):
+    def __init__(self) -> None:
+        self.step = 0
+        self.accumulated = 0.0
+        self.previous_modulated: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None  # image-stream residual of all blocks at the last compute
+        self.head_input: torch.Tensor | None = None
+        self.compute = True
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+def _relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
+    return float(((current - previous).abs().mean() / previous.abs().mean()).item())
+
+
+def _pack(meta, template: Any, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
+    if not isinstance(template, tuple) and meta.return_encoder_hidden_states_index is None:
+        return hidden
+    size = max(meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) + 1
+    out = [None] * size
+    out[meta.return_hidden_states_index] = hidden
+    out[meta.return_encoder_hidden_states_index] = encoder
+    return tuple(out)
+
+
+class TeaCacheHeadHook(ModelHook):
+    """On ``transformer_blocks[0]``: measure the modulated input, decide, and on a skip apply the cached residual."""
+
+    _is_stateful = True
+
+    def __init__(self, state_manager: _ContextStateManager, config: TeaCacheConfig,
+                 decisions: list[TeaCacheDecision]) -> None:
+        super().__init__()
+        self.state_manager = state_manager
+        self.config = config
+        self.decisions = decisions
+        self._meta = None
+        self._new_run = True
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
+        return module
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        if self._new_run:
+            self.decisions.clear()
+            self._new_run = False
+        meta = self._meta
+        hidden = meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+        encoder = meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
+        temb = meta._get_parameter_from_args_kwargs("temb", args, kwargs)
+        state: TeaCacheState = self.state_manager.get_state()
+        # Computing the signal re-runs norm1 (cheap: one Linear on temb and a LayerNorm); the published
+        # implementation does the same outside the block.
+        modulated = unwrap_module(module).norm1(hidden, emb=temb)[0]
+        compute, change = self._decide(state, modulated)
+        state.previous_modulated = modulated
+        self.decisions.append(TeaCacheDecision(state.step, self.state_manager.context_name, change,
+                                               state.accumulated, compute))
+        state.step += 1
+        state.compute = compute
+        if not compute:
+            return _pack(meta, (), hidden + state.residual, encoder)
+        state.head_input = hidden
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+    @torch.compiler.disable
+    def _decide(self, state: TeaCacheState, modulated: torch.Tensor) -> tuple[bool, float | None]:
+        forced = (state.step == 0 or state.step >= self.config.num_inference_steps - 1
+                  or state.previous_modulated is None or state.residual is None
+                  or state.previous_modulated.shape != modulated.shape)
+        if forced:
+            state.accumulated = 0.0
+            return True, None
+        change = _relative_l1(modulated, state.previous_modulated)
+        state.accumulated += self.config.rescale(change)
+        if state.accumulated < self.config.threshold:
+            return False, change
+        state.accumulated = 0.0
+        return True, change
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        self._new_run = True
+        return module
+
+
+class TeaCacheBlockHook(ModelHook):
+    """On every other block: pass through on a skip; on a compute run, and at the tail store the residual."""
+
+    _is_stateful = True
+
+    def __init__(self, state_manager: _ContextStateManager, is_tail: bool) -> None:
+        super().__init__()
+        self.state_manager = state_manager
+        self.is_tail = is_tail
+        self._meta = None
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
+        return module
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        meta = self._meta
+        state: TeaCacheState = self.state_manager.get_state()
+        if not state.compute:
+            hidden = meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+            encoder = meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
+            return _pack(meta, (), hidden, encoder)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if self.is_tail and state.head_input is not None:
+            hidden_out = output[meta.return_hidden_states_index] if isinstance(output, tuple) else output
+            state.residual = hidden_out - state.head_input
+            state.head_input = None
+        return output
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        return module
+
+
+class TeaCacheHandle:
+    """What :func:`apply_teacache` returns: the decisions of the latest pipeline call and ``remove()``."""
+
+    def __init__(self, transformer: torch.nn.Module, config: TeaCacheConfig, decisions: list[TeaCacheDecision],
+                 created: list[torch.nn.Module]) -> None:
+        self.transformer = transformer
+        self.config = config
+        self.decisions = decisions
+        self._created = created
+        self.removed = False
+
+    def remove(self) -> None:
+        """Detach every hook; the transformer computes exactly what it did before. Safe to call twice."""
+        if self.removed:
+            return
+        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
+        registry.remove_hook(_HEAD_HOOK, recurse=True)
+        registry.remove_hook(_BLOCK_HOOK, recurse=True)
+        registry.invalidate_child_registries_cache()
+        for module in self._created:
+            if hasattr(module, "_diffusers_hook") and not module._diffusers_hook.hooks:
+                del module._diffusers_hook
+        self.removed = True
+
+
+def teacache_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    double = getattr(transformer, "transformer_blocks", None)
+    single = getattr(transformer, "single_transformer_blocks", None)
+    if not (isinstance(double, torch.nn.ModuleList) and isinstance(single, torch.nn.ModuleList)
+            and len(double) > 0 and hasattr(double[0], "norm1")):
+        raise TypeError(
+            f"TeaCache is implemented for FluxTransformer2DModel (double- and single-stream blocks, the first "
+            f"with an AdaLayerNormZero 'norm1'), got {type(transformer).__name__}")
+    return [*double, *single]
+
+
+def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaCacheHandle:
+    r"""Apply TeaCache to a ``FluxTransformer2DModel``.
+
+    Raises:
+        TypeError: not a FLUX transformer, or `config` is not a :class:`TeaCacheConfig`.
+        ValueError: TeaCache or another cache is already applied.
+    """
+    if not isinstance(config, TeaCacheConfig):
+        raise TypeError(f"config must be a TeaCacheConfig, got {type(config).__name__}")
+    blocks = teacache_blocks(transformer)
+    if any(getattr(getattr(b, "_diffusers_hook", None), "hooks", {}) for b in blocks):
+        raise ValueError("the transformer's blocks already carry cache hooks; remove that cache before TeaCache")
+    if getattr(transformer, "_cache_config", None) is not None:
+        raise ValueError(f"the transformer already has a diffusers cache ({type(transformer._cache_config).__name__}); "
+                         "call transformer.disable_cache() first")
+    state_manager = _ContextStateManager(TeaCacheState)
+    decisions: list[TeaCacheDecision] = []
+    created = [m for m in (transformer, *blocks) if not hasattr(m, "_diffusers_hook")]
+    root = HookRegistry.check_if_exists_or_initialize(transformer)
+    HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(
+        TeaCacheHeadHook(state_manager, config, decisions), _HEAD_HOOK)
+    for position, block in enumerate(blocks[1:], start=1):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(
+            TeaCacheBlockHook(state_manager, is_tail=position == len(blocks) - 1), _BLOCK_HOOK)
+    root.invalidate_child_registries_cache()  # cache_context() must reach the new block hooks
+    return TeaCacheHandle(transformer, config, decisions, created)
+
+
+def fit_rescale_polynomial(input_changes: Sequence[float], output_changes: Sequence[float],
+                           degree: int = 4) -> tuple[float, ...]:
+    """``numpy.polyfit`` of output change against input change (highest power first).
+
+    Example:
+        >>> x = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+        >>> [round(c, 6) for c in fit_rescale_polynomial(x, [2 * v for v in x], degree=1)]
+        [2.0, 0.0]
+    """
+    x = np.asarray(input_changes, dtype=np.float64)
+    y = np.asarray(output_changes, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) <= degree:
+        raise ValueError(f"need more than {degree} finite (input change, output change) pairs to fit "
+                         f"a degree-{degree} polynomial, got {len(x)}")
+    return tuple(float(c) for c in np.polyfit(x, y, degree))
+
+
+def collect_teacache_pairs(pipe: Any, prompts: Sequence[str], seeds: Sequence[int],
+                           **call_kwargs: Any) -> tuple[list[float], list[float]]:
+    """Uncached runs of `pipe`: per consecutive steps, (relative change of the first block's modulated input,
+    relative change of the transformer output), per cache context."""
+    from ..compare import generate
+
+    transformer = pipe.transformer
+    block = teacache_blocks(transformer)[0]
+    # With true CFG, FluxPipeline calls the transformer for 'cond' then 'uncond' at every step.
+    uses_cfg = float(call_kwargs.get("true_cfg_scale") or 1.0) > 1.0 and call_kwargs.get("negative_prompt") is not None
+    inputs: dict[str, list[torch.Tensor]] = {}
+    outputs: dict[str, list[torch.Tensor]] = {}
+    current = {"context": None, "n": 0}
+
+    def before_transformer(module, args, kwargs):
+        current["context"] = ("cond", "uncond")[current["n"] % 2] if uses_cfg else "cond"
+        current["n"] += 1
+
+    def before_block(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
+        with torch.no_grad():
+            inputs.setdefault(current["context"], []).append(module.norm1(hidden, emb=temb)[0].detach().float())
+
+    def after_transformer(module, args, kwargs, output):
+        sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        outputs.setdefault(current["context"], []).append(sample.detach().float())
+
+    x: list[float] = []
+    y: list[float] = []
+    handles = [transformer.register_forward_pre_hook(before_transformer, with_kwargs=True),
+               block.register_forward_pre_hook(before_block, with_kwargs=True),
+               transformer.register_forward_hook(after_transformer, with_kwargs=True)]
+    try:
+        for prompt in prompts:
+            for seed in seeds:
+                inputs.clear(); outputs.clear(); current["n"] = 0
+                generate(pipe, prompt, seed=seed, previews=False, **call_kwargs)
+                for context, mods in inputs.items():
+                    outs = outputs[context]
+                    for i in range(1, min(len(mods), len(outs))):
+                        x.append(_relative_l1(mods[i], mods[i - 1]))
+                        y.append(_relative_l1(outs[i], outs[i - 1]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return x, y
+
+
+def calibrate_teacache(pipe: Any, prompts: Sequence[str], seeds: Sequence[int] = (0,), degree: int = 4,
+                       **call_kwargs: Any) -> dict[str, Any]:
+    """Fit TeaCache's rescaling polynomial for the model in `pipe` from uncached runs.
+
+    Returns a JSON-ready dict: ``coefficients`` (highest power first), ``degree``, ``pairs`` and the range of
+    input changes seen (the fit is only trustworthy inside it).
+
+    Example:
+        >>> cal = calibrate_teacache(pipe, ["a red circle at the center on a plain blue background"],
+        ...                          num_inference_steps=28, height=64, width=64)   # doctest: +SKIP
+        >>> len(cal["coefficients"])                                                 # doctest: +SKIP
+        5
+    """
+    x, y = collect_teacache_pairs(pipe, prompts, seeds, **call_kwargs)
+    coefficients = fit_rescale_polynomial(x, y, degree)
+    return {"coefficients": list(coefficients), "degree": degree, "pairs": len(x),
+            "input_change_range": [float(min(x)), float(max(x))],
+            "num_inference_steps": int(call_kwargs.get("num_inference_steps", 0)) or None,
+            "prompts": len(prompts), "seeds": list(seeds)}

@@ -1,0 +1,134 @@
+"""End to end: `python app.py` in a subprocess, called through gradio_client like any API user."""
+
+from __future__ import annotations
+
+import base64
+import io
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from h2cache.metrics import psnr as psnr_of
+
+from ui.callbacks import OUTPUT_FIELDS
+
+gradio_client = pytest.importorskip("gradio_client")
+
+# State outputs stay on the server; the client receives every other output.
+CLIENT_FIELDS = [f for f in OUTPUT_FIELDS if f != "scrub_state"]
+PROMPT = "a small yellow triangle at the top left on a checkered purple background"
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    return gradio_client.Client(app_server.url, verbose=False)
+
+
+def call(client, prompt=PROMPT, model="embedded", seed=0, steps=8, width=64, height=64, tau1=0.0, tau2=0.0,
+         pool1=2048, pool2=384, job=False):
+    args = (prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2)
+    if job:
+        return client.submit(*args, api_name="/generate")
+    return dict(zip(CLIENT_FIELDS, client.predict(*args, api_name="/generate")))
+
+
+def png(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG", f"{path} is {image.format}, not lossless PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def plot_png(plot: dict) -> Image.Image:
+    assert plot["type"] == "matplotlib"
+    header, data = plot["plot"].split(",", 1)
+    assert header == "data:image/png;base64"
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def rows(out: dict) -> dict[str, list[str]]:
+    return {row[0]: row[1:] for row in out["metrics"]["data"]}
+
+
+def test_generate_is_a_named_endpoint(client):
+    assert "/generate" in client.view_api(return_format="dict")["named_endpoints"]
+
+
+def test_thresholds_zero_give_identical_png_images_and_metrics_that_say_so(client):
+    out = call(client, tau1=0.0, tau2=0.0)
+    baseline, cached = png(out["baseline_image"]), png(out["cached_image"])
+    assert baseline.shape == (64, 64, 3)
+    assert np.array_equal(baseline, cached)
+    assert [png(p).shape for p in out["before_after"]] == [(64, 64, 3)] * 2
+    assert not png(out["difference"]).any()
+    table = rows(out)
+    assert table["PSNR vs baseline"][1] == "∞ (identical)"
+    assert table["SSIM vs baseline"][1] == "1.0000"
+    assert out["details"]["quality"]["psnr"] == "inf" and out["details"]["quality"]["ssim"] == 1.0
+    for key in ("stage1_plot", "stage2_plot", "compute_map"):
+        assert plot_png(out[key]).size[0] > 300
+    assert out["scrub_step"]["value"] == 8 and out["scrub_step"]["maximum"] == 8
+
+
+def test_cached_run_images_plots_and_metrics_agree(client):
+    out = call(client, tau1=1.0, tau2=1.0, seed=5)
+    details, table = out["details"], rows(out)
+    trace = details["trace"]
+    assert len(trace) == 8 and details["request"]["tau1"] == 1.0
+    hits1, hits2 = sum(r["hit1"] for r in trace), sum(r["hit2"] for r in trace)
+    assert hits1 + hits2 > 0
+    assert table["Stage-1 hits (structure)"][1] == f"{hits1}/8"
+    assert table["Stage-2 hits (detail)"][1].startswith(f"{hits2}/8")
+    # PNG is lossless, so the PSNR of the received files equals the one computed on the raw arrays.
+    baseline, cached = png(out["baseline_image"]), png(out["cached_image"])
+    received = psnr_of(baseline, cached)
+    if np.isinf(received):
+        assert details["quality"]["psnr"] == "inf"
+    else:
+        assert details["quality"]["psnr"] == pytest.approx(received, rel=1e-9)
+        assert table["PSNR vs baseline"][1] == f"{received:.2f} dB"
+        assert png(out["difference"]).any()
+    assert details["blocks_share"] < 1.0
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"prompt": ""}, "prompt"),
+    ({"model": "/etc"}, "model"),
+    ({"steps": 1000}, "steps"),
+    ({"width": 72}, "width"),
+    ({"height": 512}, "height"),
+    ({"tau1": -1.0}, "tau1"),
+    ({"tau2": 7.0}, "tau2"),
+    ({"pool1": 0}, "pool_size_stage1"),
+])
+def test_bad_inputs_return_errors_and_the_server_keeps_answering(client, app_server, overrides, field):
+    with pytest.raises(Exception) as error:
+        call(client, **overrides)
+    assert f"{field} must" in str(error.value)
+    with urllib.request.urlopen(app_server.url + "gradio_api/info", timeout=10) as response:
+        assert response.status == 200
+    assert app_server.process.poll() is None
+
+
+def test_server_answers_after_errors(client):
+    for _ in range(2):
+        with pytest.raises(Exception):
+            call(client, prompt="x" * 5000)
+    out = call(client, steps=4)
+    assert png(out["baseline_image"]).shape == (64, 64, 3)
+
+
+def test_requests_sent_together_match_each_sent_alone(client):
+    settings = [dict(seed=11, tau1=0.5, tau2=0.5), dict(seed=12, tau1=1.0, tau2=1.0, prompt="a large white diamond at the bottom right on a gradient green background")]
+    alone = [call(client, **s) for s in settings]
+    with ThreadPoolExecutor(2) as pool:
+        jobs = list(pool.map(lambda s: call(client, job=True, **s), settings))
+        together = [dict(zip(CLIENT_FIELDS, job.result(timeout=300))) for job in jobs]
+    for a, t in zip(alone, together):
+        assert np.array_equal(png(a["baseline_image"]), png(t["baseline_image"]))
+        assert np.array_equal(png(a["cached_image"]), png(t["cached_image"]))
+        decisions = lambda out: [(r["step"], r["hit1"], r["hit2"], r["forced2"], r["blocks_run"]) for r in out["details"]["trace"]]
+        assert decisions(a) == decisions(t)
+        assert [r["d1"] for r in a["details"]["trace"]] == pytest.approx([r["d1"] for r in t["details"]["trace"]])

@@ -1,0 +1,303 @@
+"""The app's handlers called directly, on the embedded model (no server, no browser)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import sys
+import types
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+
+import h2cache
+import h2cache.pipelines
+from h2cache.metrics import compare_images, lpips_availability
+from h2cache.trace import StepRecord
+
+from ui.callbacks import OUTPUT_FIELDS, make_generate, make_model_change, show_step
+from ui.difference import difference_map
+from ui.gpu import on_gpu
+from ui.metrics_table import format_lpips, format_psnr, format_ssim
+from ui.models import ModelRegistry
+from ui.server_address import server_address
+from ui.settings import SettingsError, load_settings
+from ui.trace_view import computed_mask, shown_context
+from ui.validation import INPUT_FIELDS, make_validator
+
+PROMPT = "a large red circle at the center on a striped blue background"
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def registry(settings, embedded_model_dir: Path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(h2cache.pipelines, "EMBEDDED_MODEL_DIR", embedded_model_dir)
+        reg = ModelRegistry(settings, cuda_available=False)
+        reg.get("embedded")
+    return reg
+
+
+@pytest.fixture(scope="module")
+def generate(settings, registry):
+    return make_generate(settings, registry)
+
+
+def request(**overrides):
+    values = dict(prompt=PROMPT, model="embedded", seed=0, steps=STEPS, width=64, height=64, tau1=0.0, tau2=0.0,
+                  pool_size_stage1=2048, pool_size_stage2=384)
+    values.update(overrides)
+    return [values[name] for name in INPUT_FIELDS]
+
+
+def run(generate, **overrides) -> dict:
+    return dict(zip(OUTPUT_FIELDS, generate(*request(**overrides))))
+
+
+def table(out: dict) -> dict[str, list[str]]:
+    return {row[0]: row[1:] for row in out["metrics"]}
+
+
+@pytest.fixture(scope="module")
+def exact(generate):
+    return run(generate, tau1=0.0, tau2=0.0)
+
+
+@pytest.fixture(scope="module")
+def cached(generate):
+    # Thresholds at the top of the allowed range: the embedded model reuses at most steps.
+    return run(generate, tau1=1.0, tau2=1.0, seed=3)
+
+
+def test_thresholds_zero_give_identical_images(exact):
+    assert exact["baseline_image"].dtype == np.uint8 and exact["baseline_image"].shape == (64, 64, 3)
+    assert np.array_equal(exact["baseline_image"], exact["cached_image"])
+    rows = table(exact)
+    assert rows["PSNR vs baseline"][1] == "∞ (identical)"
+    assert rows["SSIM vs baseline"][1] == "1.0000"
+    assert rows["Stage-1 hits (structure)"][1] == f"0/{STEPS}"
+    assert exact["details"]["quality"]["psnr"] == "inf"
+    assert exact["details"]["blocks_share"] == 1.0
+    assert not exact["difference"].any(), "identical images must give an all-black difference map"
+    assert exact["before_after"][0] is exact["baseline_image"] and exact["before_after"][1] is exact["cached_image"]
+
+
+def test_cached_run_outputs_agree_with_each_other(cached, registry):
+    details, rows = cached["details"], table(cached)
+    trace = [StepRecord(**r) for r in details["trace"]]
+    hits1, hits2 = sum(r.hit1 for r in trace), sum(r.hit2 for r in trace)
+    assert hits1 + hits2 > 0, "with thresholds at 1.0 some step must reuse a stage"
+    assert rows["Stage-1 hits (structure)"][1] == f"{hits1}/{len(trace)}"
+    assert rows["Stage-2 hits (detail)"][1] == f"{hits2}/{len(trace)} ({sum(r.forced2 for r in trace)} forced)"
+    ran, total = sum(r.blocks_run for r in trace), sum(r.blocks_total for r in trace)
+    assert rows["Blocks executed"][1] == f"{ran / total:.1%} ({ran}/{total})"
+    # Metrics come from the raw arrays the handler returned.
+    quality = compare_images(cached["baseline_image"], cached["cached_image"], lpips=False)
+    psnr = quality["psnr"]
+    assert rows["PSNR vs baseline"][1] == format_psnr(psnr)
+    assert details["quality"]["ssim"] == pytest.approx(quality["ssim"])
+    # The compute map derived from hit1/hit2 matches the blocks the library counted.
+    split = h2cache.resolve_stages(registry.get("embedded").transformer)
+    mask = computed_mask(trace, len(split.stage1), len(split.stage2))
+    assert mask.sum(axis=0).tolist() == [r.blocks_run for r in trace]
+    if not np.array_equal(cached["baseline_image"], cached["cached_image"]):
+        assert cached["difference"].any()
+
+
+def test_both_runs_report_per_step_progress(generate):
+    seen: list[tuple[float, str | None]] = []
+    generate(*request(steps=4), progress=lambda fraction, desc=None: seen.append((fraction, desc)))
+    steps = [desc for _, desc in seen if desc and "run: step" in desc]
+    assert steps == [f"Baseline run: step {i}/4" for i in range(1, 5)] + [f"H2-Cache run: step {i}/4" for i in range(1, 5)]
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_lpips_is_a_number_or_na_with_the_libraries_reason(exact):
+    cell = table(exact)["LPIPS (AlexNet) vs baseline"][1]
+    available, reason = lpips_availability()
+    if available:
+        assert float(cell) == pytest.approx(0.0, abs=1e-6)
+    else:
+        assert cell == f"n/a — {reason}" and reason
+
+
+def test_plots_show_thresholds_and_forced_hits(cached):
+    trace = [StepRecord(**r) for r in cached["details"]["trace"]]
+    for stage, key, tau in ((1, "stage1_plot", 1.0), (2, "stage2_plot", 1.0)):
+        ax = cached[key].axes[0]
+        assert f"Stage {stage}" in ax.get_title()
+        assert any(list(line.get_ydata()) == [tau, tau] for line in ax.get_lines()), "threshold line missing"
+    legend = " ".join(t.get_text() for t in cached["stage2_plot"].legends[0].get_texts())
+    forced = sum(r.forced2 for r in trace)
+    assert (f"forced hit (stage 1 hit, not measured): {forced}" in legend) == (forced > 0)
+    image = cached["compute_map"].axes[0].get_images()[0].get_array()
+    assert image.shape == (12, STEPS)  # 4 double + 8 single blocks x steps
+
+
+def test_scrubber_shows_each_runs_prediction_per_step(cached):
+    state = cached["scrub_state"]
+    assert len(state["baseline"]) == len(state["cached"]) == STEPS
+    assert cached["scrub_step"].maximum == STEPS and cached["scrub_step"].value == STEPS
+    assert np.array_equal(cached["preview_baseline"], state["baseline"][-1])
+    first_b, first_c, caption = show_step(1, state)
+    assert first_b is state["baseline"][0] and first_c is state["cached"][0]
+    assert caption.startswith(f"**Step 1/{STEPS}**") and "no reference yet" in caption
+    assert not np.array_equal(state["baseline"][0], state["baseline"][-1]), "previews must change over the steps"
+    assert show_step(99, state)[0] is state["baseline"][-1]  # clamped
+    assert show_step(1, None)[0] is None
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("prompt", "   ", "prompt must not be empty"),
+    ("prompt", "x" * 201, "prompt must be at most 200 characters"),
+    ("model", "/etc/passwd", "model must be one of ['embedded']"),
+    ("model", "black-forest-labs/FLUX.1-dev", "model must be one of ['embedded']"),
+    ("seed", -1, "seed must be a whole number from 0 to 4294967295"),
+    ("steps", 0, "steps must be a whole number from 1 to 100"),
+    ("steps", 101, "steps must be a whole number from 1 to 100"),
+    ("steps", 2.5, "steps must be a whole number"),
+    ("width", 72, "width must be a whole number from 32 to 128 in multiples of 16, got 72"),
+    ("height", 256, "height must be a whole number from 32 to 128 in multiples of 16, got 256"),
+    ("tau1", -0.1, "tau1 must be a number from 0 to 1"),
+    ("tau2", float("nan"), "tau2 must be a number from 0 to 1"),
+    ("tau2", "abc", "tau2 must be a number from 0 to 1"),
+    ("pool_size_stage1", 0, "pool_size_stage1 must be a whole number from 1 to 65536"),
+    ("pool_size_stage2", 1.5, "pool_size_stage2 must be a whole number from 1 to 65536"),
+])
+def test_bad_inputs_are_rejected_naming_field_and_range(generate, settings, field, value, expected):
+    with pytest.raises(gr.Error) as error:
+        generate(*request(**{field: value}))
+    assert expected in error.value.message
+    verdicts = make_validator(settings, ["embedded"])(*request(**{field: value}))
+    failed = [name for name, v in zip(INPUT_FIELDS, verdicts) if not v["is_valid"]]
+    assert failed == [field]
+
+
+def test_a_failed_run_leaves_the_next_request_working(generate, registry):
+    pipe = registry.get("embedded")
+
+    def explode(module, args, kwargs):
+        raise RuntimeError("simulated failure inside the transformer")
+
+    hook = pipe.transformer.register_forward_pre_hook(explode, with_kwargs=True)
+    try:
+        with pytest.raises(gr.Error) as error:
+            generate(*request(steps=4))
+        assert "simulated failure" in error.value.message
+    finally:
+        hook.remove()
+    assert not h2cache.is_h2_cache_applied(pipe), "the cache must be removed after a failed run"
+    out = run(generate, steps=4)
+    assert np.array_equal(out["baseline_image"], out["cached_image"])
+
+
+def test_only_allowlisted_models_load(settings):
+    loaded = []
+
+    class FakePipe:
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+    def loader(key):
+        loaded.append(key)
+        return FakePipe()
+
+    cpu = ModelRegistry(settings, loader=loader, cuda_available=False)
+    assert cpu.keys == ["embedded"]
+    for key in ("/work", "../assets", "black-forest-labs/FLUX.1-dev", "someone/else"):
+        with pytest.raises(ValueError, match="model must be one of"):
+            cpu.get(key)
+    assert loaded == []
+    assert cpu.get("embedded") is cpu.get("embedded") and loaded == ["embedded"]  # loaded once
+    gpu = ModelRegistry(settings, loader=loader, cuda_available=True)
+    assert gpu.keys == ["embedded", "black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-dev"]
+
+
+def test_model_change_applies_that_models_ranges(settings):
+    steps, width, height, tau1, tau2 = make_model_change(settings)("black-forest-labs/FLUX.1-schnell")
+    assert (steps.maximum, width.maximum, width.value, tau1.value) == (8, 1024, 1024, 0.15)
+
+
+def test_space_yaml_is_read_and_checked(settings, tmp_path):
+    assert settings.defaults.model == "embedded" and settings.concurrency_limit >= 1
+    embedded = settings.model("embedded")
+    assert (embedded.min_size, embedded.max_size, embedded.size_multiple) == (32, 128, 16)
+    assert (embedded.default_size, embedded.default_steps) == (64, 28)  # from h2cache.generation_defaults
+    broken = tmp_path / "space.yaml"
+    broken.write_text("limits: {prompt_max_chars: 10}\ndefaults: {model: embedded, prompt: x}\n"
+                      "models: [{key: embedded, sizes: {min: 32, max: 128}, steps: {max: 100}}]\n")
+    with pytest.raises(SettingsError, match="tau_max"):
+        load_settings(broken)
+
+
+def test_server_address_follows_local_space_and_env_rules():
+    assert server_address("127.0.0.1", 7860, {}) == ("127.0.0.1", 7860)
+    assert server_address("127.0.0.1", 7860, {"SPACE_ID": "user/h2cache"}) == ("0.0.0.0", 7860)
+    env = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8123"}
+    assert server_address("127.0.0.1", 7860, env) == ("0.0.0.0", 8123)
+    with pytest.raises(ValueError, match="GRADIO_SERVER_PORT"):
+        server_address("127.0.0.1", 7860, {"GRADIO_SERVER_PORT": "http"})
+
+
+def test_gpu_work_goes_through_spaces_gpu_when_available(monkeypatch):
+    def work():
+        return 42
+
+    monkeypatch.setitem(sys.modules, "spaces", None)  # import fails, as off Spaces
+    assert on_gpu(work, 60) is work
+    calls = []
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda duration: (lambda fn: calls.append(duration) or (lambda *a, **k: ("on gpu", fn(*a, **k))))
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert on_gpu(work, 60)() == ("on gpu", 42) and calls == [60]
+
+
+def test_gpu_call_works_across_a_process_boundary(settings, registry, monkeypatch):
+    """ZeroGPU may pickle a GPU call's arguments and result: both must be small and picklable."""
+    sizes = []
+
+    def fake_gpu(duration):
+        def wrap(fn):
+            def call(*args):
+                sent = pickle.dumps(args)
+                sizes.append(len(sent))
+                return pickle.loads(pickle.dumps(fn(*pickle.loads(sent))))
+            return call
+        return wrap
+
+    fake = types.ModuleType("spaces")
+    fake.GPU = fake_gpu
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    out = dict(zip(OUTPUT_FIELDS, make_generate(settings, registry)(*request(steps=4))))
+    assert sizes and max(sizes) < 10_000, "the pipeline must not travel with the GPU call"
+    assert np.array_equal(out["baseline_image"], out["cached_image"])
+
+
+def test_formatting_and_difference_map():
+    assert format_psnr(math.inf) == "∞ (identical)" and format_psnr(31.234) == "31.23 dB"
+    assert format_ssim(1.0) == "1.0000" and format_ssim(0.999998) == "0.999998" and format_ssim(0.91234) == "0.9123"
+    assert format_lpips(None, "no weights") == "n/a — no weights" and format_lpips(0.12345, None) == "0.1235"
+    a = np.zeros((8, 8, 3), np.uint8)
+    b = a.copy()
+    b[2, 3] = 10
+    diff = difference_map(a, b, gain=8)
+    assert diff[2, 3].any() and diff.sum() == diff[2, 3].sum()
+
+
+def test_computed_mask_follows_the_h2cache_rules():
+    records = [StepRecord(0, "cond"), StepRecord(1, "cond", hit1=True, hit2=True, forced2=True),
+               StepRecord(2, "cond", d1=0.3, hit2=True)]
+    mask = computed_mask(records, 2, 3)
+    assert mask[:, 0].all()
+    assert mask[:, 1].tolist() == [True, False, True, False, False]
+    assert mask[:, 2].tolist() == [True, True, True, False, False]
+    two = h2cache.Trace([StepRecord(0, "cond"), StepRecord(0, "uncond")])
+    assert shown_context(two) == ("cond", "context 'cond' ('uncond' not shown)")

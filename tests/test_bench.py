@@ -1,0 +1,204 @@
+"""python -m h2cache.bench: CLI, outputs, reproducibility, and sharding over 2 CPU processes with accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from h2cache.bench import BenchConfig, expand_variants, matched_comparison, parse_config, parse_grid, read_prompts
+from h2cache.bench.runner import TIME_FIELDS
+from h2cache.pipelines import EMBEDDED_MODEL_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE_MODEL = Path("/work/probe_pipe")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from tiny_models import tiny_flux_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-flux")
+    tiny_flux_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("# two prompts\na large red circle at the center on a striped blue background\n\n"
+                    "a small green square at the top on a noisy black background\n")
+    return path
+
+
+def tiny_args(model_dir, prompts, out, calibration, *extra):
+    return ["--model", str(model_dir), "--prompts", str(prompts), "--steps", "5", "--seeds", "0", "1",
+            "--height", "16", "--width", "16", "--max-sequence-length", "16", "--repeats", "2", "--warmup", "1",
+            "--methods", "none", "h2cache", "fbcache", "teacache", "h2cache-no-pfs",
+            "--grid", "h2cache:tau1=0.05,0.5:tau2=0.1,0.5", "--grid", "fbcache:threshold=0.05,0.5",
+            "--grid", "teacache:threshold=0.1,1.0", "--grid", "h2cache-no-pfs:tau1=0.5:tau2=0.5",
+            "--calibration", str(calibration), "--calibration-prompts", "2", "--no-lpips", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def without_times(rows):
+    return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in rows]
+
+
+def test_help_lists_methods_and_grids():
+    out = subprocess.run([sys.executable, "-m", "h2cache.bench", "--help"], capture_output=True, text=True,
+                         env=ENV, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for text in ("--prompts", "--steps", "--seeds", "--methods", "--grid", "--warmup", "--repeats",
+                 "h2cache:tau1=", "fbcache", "teacache", "magcache", "taylorseer", "accelerate launch"):
+        assert text in out.stdout
+
+
+def test_grid_parsing_checks_names_and_ranges():
+    assert parse_grid("fbcache:threshold=0.1,0.2") == ("fbcache", {"threshold": (0.1, 0.2)})
+    assert parse_grid("taylorseer:cache_interval=2:lite=true") == (
+        "taylorseer", {"cache_interval": (2,), "lite": (True,)})
+    with pytest.raises(ValueError, match="fbcache.threshold must be a number in"):
+        parse_grid("fbcache:threshold=-1")
+    with pytest.raises(ValueError, match="has no setting 'tau'"):
+        parse_grid("h2cache:tau=0.1")
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_grid("blockcache:threshold=0.1")
+    with pytest.raises(SystemExit):
+        parse_config(["--grid", "fbcache:threshold=abc"])
+    labels = [v.label for v in expand_variants(["none", "h2cache"], {"h2cache": {"tau1": (0.1, 0.2), "tau2": (0.3,)}})]
+    assert labels == ["none", "h2cache(tau1=0.1,tau2=0.3)", "h2cache(tau1=0.2,tau2=0.3)"]
+
+
+def test_shipped_prompt_sets():
+    embedded = read_prompts(ROOT / "h2cache/prompts/embedded.txt")
+    assert len(embedded) >= 16
+    from h2cache.scenes import parse_prompt
+
+    assert all(parse_prompt(p).is_held_out() for p in embedded)  # never seen in training
+    text = read_prompts(ROOT / "h2cache/prompts/cute_text.txt")
+    assert 70 <= len(text) <= 90 and all('"' in p for p in text)
+
+
+def test_matched_comparison_pairs_equal_compute():
+    def point(method, share, mse, ssim):
+        return {"steps": 28, "method": method, "variant": f"{method}@{share}", "blocks_share": share,
+                "flops_share": share, "mse": mse, "psnr": 10.0, "ssim": ssim, "lpips": None,
+                "speedup_denoise": 1 / share}
+    summary = [point("h2cache", 0.5, 1.0, 0.99), point("fbcache", 0.53, 2.0, 0.98), point("fbcache", 0.2, 9.0, 0.9),
+               point("teacache", 0.9, 0.5, 0.995), point("teacache", 0.1, 5.0, 0.95)]
+    matched = {m["peer_method"]: m for m in matched_comparison(summary, ("fbcache", "teacache"), 0.05)}
+    assert matched["fbcache"]["peer"] == "fbcache@0.53" and matched["fbcache"]["verdict"] == "H2-Cache better"
+    assert matched["teacache"]["peer"] is None  # nothing within 5%
+    # interpolated at share 0.5 between (0.1, mse 5) and (0.9, mse 0.5): mse 2.75 > 1.0
+    assert matched["teacache"]["verdict_interpolated"] in ("H2-Cache better", "mixed")
+
+
+def test_tiny_benchmark_writes_everything_and_reproduces(tiny_model_dir, prompts_file, tmp_path):
+    from h2cache.bench import main
+
+    calibration = tmp_path / "calibration.json"
+    first = main(tiny_args(tiny_model_dir, prompts_file, tmp_path / "a", calibration))
+    out = tmp_path / "a"
+    for name in ("results.json", "results.md", "summary.csv", "samples.csv", "speedup_vs_psnr.png",
+                 "speedup_vs_lpips.png", "quality_vs_blocks.png", "h2cache_heatmap.png"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert set(json.loads(calibration.read_text())["models"][str(tiny_model_dir)]) >= {"fingerprint", "teacache"}
+    rows = results["rows"]
+    variants = 1 + 4 + 2 + 2 + 1
+    assert len(rows) == 2 * 2 * variants  # prompts x seeds x variants
+    assert all(r["deterministic"] for r in rows)
+    for r in rows:
+        assert 0 < r["blocks_share"] <= 1 and r["calls"] == 5 and len(r["denoise_s_runs"]) == 2
+        assert r["lpips"] is None and r["lpips_reason"] == "not requested"
+        assert r["denoise_s"] < r["total_s"]
+    none = [r for r in rows if r["method"] == "none"]
+    assert all(r["identical"] and r["blocks_share"] == 1.0 for r in none)
+    assert any(r["hits"] > 0 for r in rows if r["method"] == "h2cache")
+    md = (out / "results.md").read_text()
+    assert "Equal compute" in md and "Decision cost" in md and "h2cache(tau1=0.5,tau2=0.5)" in md
+
+    # same seed, same numbers (wall time aside); calibration is reused, not redone
+    second = main(tiny_args(tiny_model_dir, prompts_file, tmp_path / "b", calibration))
+    assert second["meta"]["calibrated_now"] == [] and first["meta"]["calibrated_now"] == ["teacache"]
+    assert without_times(second["rows"]) == without_times(rows)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not installed")
+def test_accelerate_shards_over_two_cpu_processes(tiny_model_dir, prompts_file, tmp_path):
+    calibration = tmp_path / "calibration.json"
+    args = tiny_args(tiny_model_dir, prompts_file, tmp_path / "sharded", calibration, "--device", "cpu",
+                     "--no-plots", "--no-decision-cost")
+    # On a machine without GPUs, --multi_gpu is what makes accelerate start torchrun-style processes.
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "h2cache.bench", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    sharded = json.loads((tmp_path / "sharded" / "results.json").read_text())
+    assert sharded["meta"]["processes"] == 2
+    shards = sorted((tmp_path / "sharded" / "shards").glob("rank*.json"))
+    assert [json.loads(p.read_text())["rank"] for p in shards] == [0, 1]
+    assert all(json.loads(p.read_text())["rows"] for p in shards)
+
+    from h2cache.bench import main
+
+    single = main(tiny_args(tiny_model_dir, prompts_file, tmp_path / "single", calibration, "--no-plots",
+                            "--no-decision-cost"))
+    assert without_times(sharded["rows"]) == without_times(single["rows"])
+
+
+def _embedded_model() -> Path | None:
+    if (EMBEDDED_MODEL_DIR / "model_index.json").exists():
+        return EMBEDDED_MODEL_DIR
+    if (PROBE_MODEL / "model_index.json").exists():
+        return PROBE_MODEL
+    return None
+
+
+@pytest.mark.skipif(_embedded_model() is None,
+                    reason="neither the embedded model (assets/tiny-flux-scenes) nor the /work/probe_pipe stand-in exists")
+def test_embedded_model_smoke(tmp_path):
+    from h2cache.bench import main
+
+    model = _embedded_model()
+    results = main(["--model", str(model), "--num-prompts", "1", "--steps", "6", "--repeats", "1", "--warmup", "0",
+                    "--height", "64", "--width", "64", "--max-sequence-length", "16",
+                    "--methods", "none", "h2cache", "fbcache", "taylorseer",
+                    "--grid", "h2cache:tau1=0.3:tau2=0.5", "--grid", "fbcache:threshold=0.3",
+                    "--grid", "taylorseer:cache_interval=2", "--no-lpips", "--no-progress", "--no-plots",
+                    "--no-decision-cost", "--calibration", str(tmp_path / "cal.json"), "--out", str(tmp_path / "e")])
+    summary = {s["method"]: s for s in results["summary"]}
+    assert summary["none"]["blocks_share"] == 1.0
+    assert summary["taylorseer"]["flops_share"] < 1.0
+    table = next(iter(results["meta"]["flop_tables"].values()))
+    assert len(table["blocks"]) == 12 and table["image_tokens"] == 64
+
+
+def test_auto_grid_targets_shares_of_blocks_run(tiny_model_dir, prompts_file, tmp_path):
+    from h2cache.bench import main
+    from h2cache.bench.autogrid import pick
+
+    assert pick([(0.1, 1.0), (0.2, 0.8), (0.4, 0.5)], (0.9, 0.85)) == [0.1, 0.2]
+    results = main(["--model", str(tiny_model_dir), "--prompts", str(prompts_file), "--num-prompts", "1",
+                    "--steps", "5", "--height", "16", "--width", "16", "--max-sequence-length", "16",
+                    "--repeats", "1", "--warmup", "0", "--methods", "none", "h2cache", "fbcache",
+                    "h2cache-independent-stage2", "--grid", "fbcache:threshold=0.3", "--auto-grid", "0.8", "0.5",
+                    "--auto-grid-prompts", "1", "--calibration", str(tmp_path / "cal.json"), "--no-lpips",
+                    "--no-progress", "--no-plots", "--no-decision-cost", "--out", str(tmp_path / "auto")])
+    chosen = results["meta"]["auto_grid"]["by_steps"]["5"]
+    assert set(chosen["grids"]) == {"h2cache", "h2cache-independent-stage2"}  # fbcache's grid was given
+    h2 = chosen["grids"]["h2cache"]
+    assert 0.15 in h2["tau1"] and 0.22 in h2["tau2"]  # the defaults are always on the curve
+    assert chosen["grids"]["h2cache-independent-stage2"] == h2
+    curve = chosen["curves"]["h2cache.tau1"]
+    assert curve[0][1] == 1.0 and [v for v, _ in curve] == sorted(v for v, _ in curve)
+    labels = results["meta"]["variants"]["5"]
+    assert "fbcache(threshold=0.3)" in labels and len(labels) == 1 + 1 + 2 * len(h2["tau1"]) * len(h2["tau2"])

@@ -1,0 +1,50 @@
+"""In a real browser: headless Chromium (Debian's package) driven by Playwright, against `python app.py`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ui.browser import CHROMIUM, launch_chromium, run_comparison_in_page
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+
+PROMPT = "a large green square at the bottom left on a striped white background"
+
+
+@pytest.fixture(scope="module")
+def page():
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
+
+
+def test_prompt_generate_shows_both_images_and_the_metrics_table(page, app_server):
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    run_comparison_in_page(page, app_server.url, PROMPT, steps=8)
+
+    for elem_id in ("baseline-image", "cached-image", "difference-image"):
+        src = page.locator(f"#{elem_id} img").get_attribute("src")
+        assert src and src.endswith(".png"), f"{elem_id} should show a PNG, got {src}"
+    metrics = page.locator("#metrics")
+    for label in ("Wall time", "Speedup", "Blocks executed", "Stage-1 hits", "PSNR vs baseline", "SSIM vs baseline", "LPIPS"):
+        assert metrics.get_by_text(label).count() >= 1, f"metrics table lacks {label!r}"
+    assert page.locator("#summary").inner_text().startswith("H2-Cache ran")
+    assert page.locator("#stage1-plot img").count() == 1 and page.locator("#compute-map img").count() == 1
+    assert page.get_by_text("Step 8/8").count() == 1  # the scrubber now covers the 8 steps that ran
+    assert not errors, errors
+
+
+def test_bad_input_shows_an_error_and_the_page_still_works(page, app_server):
+    page.goto(app_server.url, wait_until="domcontentloaded")
+    page.locator("#prompt textarea").fill("   ")
+    page.locator("#generate").click()
+    page.get_by_text("prompt must not be empty").first.wait_for(timeout=60_000)
+    run_comparison_in_page(page, app_server.url, PROMPT, steps=4)
+    assert page.get_by_text("Step 4/4").count() == 1

@@ -1,0 +1,268 @@
+"""The method registry on tiny random pipelines: validation, traces, calibration, and clean removal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from h2cache.compare import generate
+from h2cache.methods import (
+    CalibrationStore, TeaCacheConfig, apply_method, apply_teacache, calibrate_magcache, calibrate_teacache,
+    fit_rescale_polynomial, get_method, list_methods, measure_flop_table, model_fingerprint, model_key,
+)
+from tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline
+
+STEPS = 6
+CALL = {"height": 16, "width": 16, "num_inference_steps": STEPS, "max_sequence_length": 16}
+PROMPT = "a large red circle at the center on a striped blue background"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_flux_pipeline()
+
+
+@pytest.fixture(scope="module")
+def flops(pipe):
+    return measure_flop_table(pipe, PROMPT, **{k: v for k, v in CALL.items() if k != "num_inference_steps"})
+
+
+@pytest.fixture(scope="module")
+def store(pipe, tmp_path_factory):
+    store = CalibrationStore(tmp_path_factory.mktemp("cal") / "calibration.json")
+    key, fp = model_key(pipe), model_fingerprint(pipe.transformer)
+    store.put(key, fp, "teacache", calibrate_teacache(pipe, [PROMPT, "a small blue square at the top"], **CALL))
+    store.put(key, fp, "magcache", {str(STEPS): calibrate_magcache(pipe, [PROMPT], **CALL)})
+    return store
+
+
+@pytest.fixture(scope="module")
+def baseline(pipe):
+    return generate(pipe, PROMPT, seed=0, previews=False, **CALL).image
+
+
+def run(pipe, **kwargs):
+    return generate(pipe, PROMPT, seed=0, previews=False, **{**CALL, **kwargs}).image
+
+
+def test_registry_has_the_issue_names():
+    assert list_methods()[:6] == ["none", "h2cache", "fbcache", "teacache", "magcache", "taylorseer"]
+    with pytest.raises(ValueError, match="unknown method 'blockcache'.*choose from"):
+        get_method("blockcache")
+
+
+@pytest.mark.parametrize("name, settings, message", [
+    ("fbcache", {"threshold": -0.1}, r"fbcache\.threshold must be a number in \[0\.0, inf\], got -0\.1"),
+    ("fbcache", {"treshold": 0.1}, r"fbcache has no setting 'treshold'; its settings are: threshold"),
+    ("h2cache", {"tau1": float("nan")}, r"h2cache\.tau1 must be a number"),
+    ("taylorseer", {"cache_interval": 0}, r"taylorseer\.cache_interval must be an integer in \[1, inf\]"),
+    ("taylorseer", {"cache_interval": 2.5}, r"taylorseer\.cache_interval must be an integer"),
+    ("taylorseer", {"lite": "yes"}, r"taylorseer\.lite must be true or false"),
+    ("magcache", {"retention_ratio": 1.5}, r"magcache\.retention_ratio must be a number in \[0\.0, 1\.0\]"),
+    ("h2cache-no-pfs", {"full_residual_distance": False}, r"has no setting 'full_residual_distance'"),
+])
+def test_settings_are_validated_before_touching_the_model(pipe, name, settings, message):
+    with pytest.raises(ValueError, match=message):
+        apply_method(pipe, name, **settings)
+    assert not hasattr(pipe.transformer, "_diffusers_hook") or not pipe.transformer._diffusers_hook.hooks
+
+
+def test_uncached_trace_counts_every_block(pipe, flops, baseline):
+    with apply_method(pipe, "none", flops=flops) as handle:
+        image = run(pipe)
+        trace = handle.trace
+    assert np.array_equal(image, baseline)
+    assert [r.step for r in trace] == list(range(STEPS))
+    assert all(r.blocks_run == r.blocks_total == 7 and r.attn_run == 7 and not r.hit for r in trace)
+    assert trace.blocks_share() == 1.0 and trace.flops_share() == pytest.approx(1.0)
+
+
+def test_flop_table_is_measured_per_block(flops):
+    assert len(flops.blocks) == 7 and flops.image_tokens == 16 and flops.text_tokens == 16
+    for block in flops.blocks:
+        assert 0 < block.attn < block.total
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("none", {}), ("h2cache", {"tau1": 10.0, "tau2": 10.0}), ("fbcache", {"threshold": 10.0}),
+    ("teacache", {"threshold": 10.0}), ("magcache", {"threshold": 10.0}), ("taylorseer", {"cache_interval": 2}),
+    ("taylorseer", {"lite": True, "disable_cache_before_step": 1}), ("h2cache-no-pfs", {"tau1": 10.0}),
+    ("h2cache-independent-stage2", {"tau1": 0.0, "tau2": 10.0}),
+])
+def test_every_method_traces_and_removes_cleanly(pipe, flops, store, baseline, name, settings):
+    handle = apply_method(pipe, name, num_inference_steps=STEPS, flops=flops, calibration=store, **settings)
+    try:
+        cached = run(pipe)
+        trace = handle.trace
+        assert len(trace) == STEPS and trace.contexts == ["cond"]
+        for record in trace:
+            assert 0 <= record.blocks_run <= record.blocks_total == 7
+            assert record.hit == (record.blocks_run < 7 or record.attn_run < 7)
+            assert 0 <= record.flops_run <= record.flops_total
+        if name != "none":
+            assert trace.hit_count() > 0, "settings this loose must reuse something"
+            assert not np.array_equal(cached, baseline)
+        assert not trace[0].hit  # nothing to reuse at the first step
+    finally:
+        handle.remove()
+    handle.remove()  # twice is fine
+    assert np.array_equal(run(pipe), baseline)
+    assert getattr(pipe.transformer, "_cache_config", None) is None
+
+
+def test_meter_agrees_with_h2cache_own_trace(pipe, flops):
+    with apply_method(pipe, "h2cache", tau1=0.3, tau2=0.5, flops=flops) as handle:
+        run(pipe)
+        trace = handle.trace
+        own = handle.inner.trace
+    assert [r.blocks_run for r in trace] == [r.blocks_run for r in own]
+    assert [r.detail["hit1"] for r in trace] == [r.hit1 for r in own]
+    assert all(r.signal == r.detail["d1"] for r in trace)
+
+
+def test_fbcache_hit_runs_only_the_first_block(pipe, flops):
+    with apply_method(pipe, "fbcache", threshold=10.0, flops=flops) as handle:
+        run(pipe)
+        trace = handle.trace
+    assert trace[0].blocks_run == 7
+    assert [r.blocks_run for r in trace[1:]] == [1] * (STEPS - 1)
+    assert trace[1].flops_run == pytest.approx(flops.blocks[0].total)
+
+
+def test_teacache_always_computes_first_and_last_step(pipe):
+    handle = apply_teacache(pipe.transformer, TeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0),
+                                                             num_inference_steps=STEPS))
+    try:
+        run(pipe)
+        computed = [d.computed for d in handle.decisions]
+    finally:
+        handle.remove()
+    assert computed == [True] + [False] * (STEPS - 2) + [True]
+
+
+def test_teacache_accumulates_until_the_threshold(pipe, baseline):
+    config = TeaCacheConfig(threshold=0.0, coefficients=(1.0, 0.0), num_inference_steps=STEPS)
+    handle = apply_teacache(pipe.transformer, config)
+    try:
+        assert np.array_equal(run(pipe), baseline)  # identity polynomial, threshold 0: never skips
+        decisions = list(handle.decisions)
+    finally:
+        handle.remove()
+    assert all(d.computed for d in decisions)
+    assert all(d.change is not None and d.change > 0 for d in decisions[1:-1])
+    # a threshold between one and two steps' change: skip, then compute once the sum crosses it
+    change = decisions[1].change
+    handle = apply_teacache(pipe.transformer, TeaCacheConfig(threshold=change * 1.5, coefficients=(1.0, 0.0),
+                                                             num_inference_steps=STEPS))
+    try:
+        run(pipe)
+        pattern = [d.computed for d in handle.decisions]
+    finally:
+        handle.remove()
+    assert pattern[0] and pattern[-1] and not all(pattern)
+
+
+def test_teacache_config_and_fit_are_validated():
+    with pytest.raises(ValueError, match="TeaCacheConfig.coefficients"):
+        TeaCacheConfig(threshold=0.4)
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 2"):
+        TeaCacheConfig(coefficients=(1.0,), num_inference_steps=1)
+    assert fit_rescale_polynomial([0.1, 0.2, 0.3], [0.3, 0.5, 0.7], degree=1) == pytest.approx((2.0, 0.1))
+    with pytest.raises(ValueError, match="need more than 4"):
+        fit_rescale_polynomial([0.1, 0.2], [0.1, 0.2])
+
+
+def test_calibrations_are_stored_per_model(pipe, store):
+    key, fp = model_key(pipe), model_fingerprint(pipe.transformer)
+    teacache = store.get(key, fp, "teacache")
+    assert len(teacache["coefficients"]) == 5 and teacache["pairs"] == 2 * (STEPS - 1)
+    ratios = store.get(key, fp, "magcache")[str(STEPS)]["ratios"]
+    assert len(ratios) == STEPS and ratios[0] == 1.0
+    assert store.get(key, "another-fingerprint", "teacache") is None
+
+
+def test_missing_calibration_says_how_to_get_it(pipe, tmp_path):
+    empty = CalibrationStore(tmp_path / "none.json")
+    for name in ("teacache", "magcache"):
+        with pytest.raises(ValueError, match=f"{name} needs .* --calibrate force"):
+            apply_method(pipe, name, calibration=empty)
+    assert not pipe.transformer._diffusers_hook.hooks
+
+
+def test_magcache_respects_max_skip_steps(pipe, store):
+    with apply_method(pipe, "magcache", threshold=10.0, max_skip_steps=2, retention_ratio=0.0,
+                      num_inference_steps=STEPS, calibration=store) as handle:
+        run(pipe)
+        hits = [r.hit for r in handle.trace]
+    assert any(hits)
+    longest = max(len(run_) for run_ in "".join("H" if h else "." for h in hits).split("."))
+    assert longest <= 2
+
+
+def test_taylorseer_predicts_attention_but_runs_the_rest(pipe, flops):
+    with apply_method(pipe, "taylorseer", cache_interval=2, disable_cache_before_step=2, flops=flops) as handle:
+        run(pipe)
+        trace = handle.trace
+    predicted = [r for r in trace if r.attn_run < 7]
+    assert predicted and all(r.blocks_run == 7 and r.attn_run == 0 for r in predicted)
+    assert trace.blocks_share() == 1.0 and trace.flops_share() < 1.0
+
+
+def test_true_cfg_contexts_are_traced_separately(pipe, flops, store):
+    with apply_method(pipe, "teacache", threshold=10.0, num_inference_steps=STEPS, calibration=store) as handle:
+        run(pipe, true_cfg_scale=2.0, negative_prompt="")
+        trace = handle.trace
+    assert trace.contexts == ["cond", "uncond"]
+    for context in ("cond", "uncond"):
+        records = trace.for_context(context)
+        assert [r.step for r in records] == list(range(STEPS))
+        assert not records[0].hit and not records[-1].hit and records[1].hit
+
+
+def test_caches_do_not_stack(pipe):
+    with apply_method(pipe, "fbcache"):
+        with pytest.raises(ValueError, match="already (applied|has a diffusers cache)"):
+            apply_method(pipe, "h2cache")
+        with pytest.raises(ValueError, match="already (applied|has a diffusers cache)"):
+            apply_method(pipe, "teacache", calibration=CalibrationStore("/nonexistent/x.json"))
+    with apply_method(pipe, "h2cache"):
+        with pytest.raises(ValueError, match="already (applied|has a diffusers cache)"):
+            apply_method(pipe, "fbcache")
+    # applied outside the registry, the other cache is still detected
+    pipe.transformer.enable_cache(__import__("diffusers").FirstBlockCacheConfig(threshold=0.1))
+    try:
+        with pytest.raises(ValueError, match="already has a diffusers cache"):
+            apply_method(pipe, "h2cache")
+        with pytest.raises(ValueError, match="already has a diffusers cache"):
+            apply_method(pipe, "teacache", calibration=CalibrationStore("/nonexistent/x.json"))
+    finally:
+        pipe.transformer.disable_cache()
+    assert not pipe.transformer._diffusers_hook.hooks
+
+
+def test_single_list_model_gets_the_methods_it_supports():
+    pipe = tiny_sd3_pipeline()
+
+    def sd3_image():
+        # called directly: compare.generate fills in the embedded FLUX model's defaults (true_cfg_scale...)
+        out = pipe(PROMPT, height=32, width=32, num_inference_steps=4, output_type="np",
+                   generator=torch.Generator().manual_seed(0))
+        return out.images[0]
+
+    base = sd3_image()
+    for name, settings in (("none", {}), ("h2cache", {"tau1": 10.0, "tau2": 10.0})):
+        with apply_method(pipe, name, num_inference_steps=4, **settings) as handle:
+            for _ in range(2):  # a second call starts a fresh trace even though SD3 has no CacheMixin
+                sd3_image()
+                trace = handle.trace
+                # SD3 batches cond and uncond into one call per step, under no cache context
+                assert [r.step for r in trace] == list(range(4)) and trace.contexts == ["default"]
+                assert all(r.blocks_total == 6 for r in trace)
+            if name == "h2cache":
+                assert [r.blocks_run for r in trace] == [r.blocks_run for r in handle.inner.trace]
+        assert np.array_equal(sd3_image(), base)
+    with pytest.raises(TypeError, match="enable_cache"):
+        apply_method(pipe, "fbcache")
+    with pytest.raises(TypeError, match="FluxTransformer2DModel"):
+        apply_method(pipe, "teacache", calibration=CalibrationStore("/nonexistent/x.json"))

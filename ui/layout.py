@@ -1,0 +1,123 @@
+"""The page: inputs on the left, images and metrics on the right, plots, step scrubber, About."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from h2cache.pipelines import EMBEDDED
+
+from .about import about_markdown
+from .callbacks import OUTPUT_FIELDS, make_generate, make_model_change, show_step
+from .metrics_table import HEADERS
+from .models import ModelRegistry
+from .settings import AppSettings
+from .validation import make_validator
+
+IMAGE_HEIGHT = 256
+
+INTRO = (
+    "One click runs the same prompt, seed, size and step count twice: the uncached **baseline** and "
+    "**H2-Cache**. Compare the images, see every caching decision per step and stage, and what reuse "
+    "costs in quality. Open *About H2-Cache* at the bottom for how it works."
+)
+
+
+def _image(label: str, elem_id: str) -> gr.Image:
+    # PNG, not Gradio's default WebP: what you see is what was generated, pixel for pixel.
+    return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=elem_id,
+                    elem_classes=["pixelated", "upscaled"], height=IMAGE_HEIGHT, buttons=["download", "fullscreen"])
+
+
+def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
+    spec = settings.model(registry.default_key)
+    defaults, limits = settings.defaults, settings.limits
+    c: dict[str, Any] = {}  # output components by GenerateOutputs field name
+
+    with gr.Blocks(title=settings.title) as demo:
+        gr.Markdown(f"# {settings.title}\n{INTRO}")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                prompt = gr.Textbox(label="Prompt", value=defaults.prompt, lines=2, elem_id="prompt",
+                                    info=f"At most {limits.prompt_max_chars} characters. The embedded model knows "
+                                         "'a <size> <colour> <shape> at the <position> on a <texture> <colour> background'.")
+                model = gr.Dropdown(label="Model", choices=[(s.label, s.key) for s in registry.specs],
+                                    value=registry.default_key, elem_id="model")
+                with gr.Row():
+                    seed = gr.Number(label="Seed", value=defaults.seed, precision=0, minimum=0,
+                                     maximum=limits.seed_max, elem_id="seed")
+                    steps = gr.Slider(label="Steps", minimum=spec.min_steps, maximum=spec.max_steps, step=1,
+                                      value=spec.default_steps, elem_id="steps")
+                with gr.Row():
+                    size = dict(minimum=spec.min_size, maximum=spec.max_size, step=spec.size_multiple, value=spec.default_size)
+                    width = gr.Slider(label="Width", elem_id="width", **size)
+                    height = gr.Slider(label="Height", elem_id="height", **size)
+                tau1 = gr.Slider(label="τ1: stage-1 (structure) threshold", minimum=0, maximum=limits.tau_max,
+                                 step=0.01, value=spec.tau1, elem_id="tau1", info="0 = never reuse")
+                tau2 = gr.Slider(label="τ2: stage-2 (detail) threshold", minimum=0, maximum=limits.tau_max,
+                                 step=0.01, value=spec.tau2, elem_id="tau2")
+                with gr.Accordion("Advanced", open=False):
+                    pool1 = gr.Number(label="PFS pool size, stage 1", value=defaults.pool_size_stage1, precision=0,
+                                      minimum=limits.pool_size_min, maximum=limits.pool_size_max, elem_id="pool1",
+                                      info="Pooling kernel k = max(1, tokens // pool size)")
+                    pool2 = gr.Number(label="PFS pool size, stage 2", value=defaults.pool_size_stage2, precision=0,
+                                      minimum=limits.pool_size_min, maximum=limits.pool_size_max, elem_id="pool2")
+                generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=2, min_width=480):
+                c["summary"] = gr.Markdown("Press **Generate** to compare.", label="Summary", elem_id="summary")
+                with gr.Row():
+                    c["baseline_image"] = _image("Baseline (no cache)", "baseline-image")
+                    c["cached_image"] = _image("H2-Cache", "cached-image")
+                    c["before_after"] = gr.ImageSlider(label="Before / after (drag)", format="png", type="numpy",
+                                                       interactive=False, elem_id="before-after",
+                                                       elem_classes=["pixelated"], height=IMAGE_HEIGHT)
+                with gr.Row():
+                    c["difference"] = _image(f"|H2-Cache − baseline| × {settings.diff_gain:g}", "difference-image")
+                    c["metrics"] = gr.Dataframe(headers=HEADERS, label="Metrics (cached image against the baseline)",
+                                                interactive=False, elem_id="metrics", scale=2, wrap=True,
+                                                column_widths=["28%", "22%", "50%"], max_height=1000, buttons=["copy"])
+        gr.Examples(
+            label="Examples (embedded model, a few seconds each on a CPU)",
+            examples=[[e.prompt, e.seed, e.steps, e.size, e.size, e.tau1, e.tau2] for e in settings.examples]
+            if registry.default_key == EMBEDDED else [],
+            inputs=[prompt, seed, steps, width, height, tau1, tau2], cache_examples=False,
+        )
+        with gr.Row():
+            c["stage1_plot"] = gr.Plot(label="Stage 1 decisions", format="png", elem_id="stage1-plot")
+            c["stage2_plot"] = gr.Plot(label="Stage 2 decisions", format="png", elem_id="stage2-plot")
+        c["compute_map"] = gr.Plot(label="Compute map", format="png", elem_id="compute-map")
+        with gr.Group():
+            gr.Markdown("### Step scrubber: the predicted clean image after each step", elem_classes=["section-title"])
+            c["scrub_step"] = gr.Slider(label="Step", minimum=1, maximum=spec.default_steps, step=1,
+                                        value=spec.default_steps, elem_id="scrub-step")
+            c["preview_caption"] = gr.Markdown("Run a comparison to scrub through its steps.", label="Step caption",
+                                                elem_id="preview-caption")
+            with gr.Row():
+                c["preview_baseline"] = _image("Baseline at this step", "preview-baseline")
+                c["preview_cached"] = _image("H2-Cache at this step", "preview-cached")
+        with gr.Accordion("Details (JSON: request, timings, metrics, full trace)", open=False):
+            c["details"] = gr.JSON(label="Details", elem_id="details")
+        with gr.Accordion("About H2-Cache", open=False, elem_id="about"):
+            gr.Markdown(about_markdown(spec.label, registry.stage_split(registry.default_key)))
+        c["scrub_state"] = gr.State()
+
+        inputs = [prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2]  # INPUT_FIELDS order
+        gr.on(
+            triggers=[generate_button.click, prompt.submit],
+            fn=make_generate(settings, registry),
+            inputs=inputs,
+            outputs=[c[name] for name in OUTPUT_FIELDS],
+            api_name="generate",
+            validator=make_validator(settings, registry.keys),
+            # Raw payloads reach our own checks, which name the field and its range
+            # (component preprocessing would reject with generic messages first).
+            preprocess=False,
+            concurrency_limit="default",
+        )
+        c["scrub_step"].input(show_step, inputs=[c["scrub_step"], c["scrub_state"]],
+                              outputs=[c["preview_baseline"], c["preview_cached"], c["preview_caption"]],
+                              api_visibility="private", queue=False, show_progress="hidden")
+        model.change(make_model_change(settings), inputs=[model], outputs=[steps, width, height, tau1, tau2],
+                     api_visibility="private", queue=False)
+    return demo
