@@ -52,7 +52,8 @@ def pick(curve: list[tuple[float, float]], targets: tuple[float, ...]) -> list[f
 
 def share_curve(pipe: Any, method: str, key: str, held: dict[str, float], values: list[float], prompts: list[str],
                 call_args: dict[str, Any], store: CalibrationStore, floor: float) -> list[tuple[float, float]]:
-    """(value, mean share of blocks run over `prompts`) for increasing values, stopping below `floor`."""
+    """(value, mean share of blocks run over `prompts`) for increasing values; stops below `floor`, or once the
+    share has stopped moving (e.g. MagCache capped by max_skip_steps)."""
     curve = []
     steps = int(call_args["num_inference_steps"])
     for value in values:
@@ -63,7 +64,8 @@ def share_curve(pipe: Any, method: str, key: str, held: dict[str, float], values
                 generate(pipe, prompt, seed=0, previews=False, **call_args)
                 shares.append(handle.trace.blocks_share())
         curve.append((value, sum(shares) / len(shares)))
-        if curve[-1][1] < floor:
+        last = [share for _, share in curve[-5:]]
+        if curve[-1][1] < floor or (len(last) == 5 and last[-1] < 1.0 and max(last) - min(last) < 1e-9):
             break
     return curve
 
