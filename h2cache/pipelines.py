@@ -25,7 +25,7 @@ FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
     # Trained at 64x64 with 16 T5 tokens; true CFG against the empty prompt (trained with 10% prompt dropout).
     EMBEDDED: {"height": 64, "width": 64, "num_inference_steps": 28, "max_sequence_length": 16,
-               "true_cfg_scale": 1.0, "negative_prompt": None},
+               "true_cfg_scale": 3.0, "negative_prompt": ""},
     FLUX_SCHNELL: {"height": 1024, "width": 1024, "num_inference_steps": 4, "guidance_scale": 0.0,
                    "max_sequence_length": 256},
     FLUX_DEV: {"height": 1024, "width": 1024, "num_inference_steps": 28, "guidance_scale": 3.5,

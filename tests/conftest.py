@@ -12,23 +12,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # app.py and ui/ live at the repository root
     sys.path.insert(0, str(ROOT))
 
-# Until the trained model is committed, a stand-in with the same architecture and format serves.
-STAND_IN_MODEL = Path("/work/probe_pipe")
-
-
-def find_embedded_model() -> Path | None:
-    """H2CACHE_EMBEDDED_MODEL if set, else assets/tiny-flux-scenes, else the stand-in; None if none exists."""
-    explicit = os.environ.get("H2CACHE_EMBEDDED_MODEL")
-    candidates = [Path(explicit)] if explicit else [ROOT / "assets" / "tiny-flux-scenes", STAND_IN_MODEL]
-    return next((c for c in candidates if (c / "model_index.json").exists()), None)
+def find_embedded_model() -> Path:
+    """H2CACHE_EMBEDDED_MODEL if set, else the shipped assets/tiny-flux-scenes."""
+    return Path(os.environ.get("H2CACHE_EMBEDDED_MODEL") or ROOT / "assets" / "tiny-flux-scenes")
 
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     found = find_embedded_model()
-    if found is None:
-        pytest.skip("no embedded model: assets/tiny-flux-scenes/model_index.json is missing "
-                    "(train it with `python -m h2cache.training`) and H2CACHE_EMBEDDED_MODEL is not set")
+    # The model ships with the project: its absence is a failure, not a reason to skip.
+    assert (found / "model_index.json").exists(), (
+        f"no embedded model at {found}: train it with `python -m h2cache.training` or set H2CACHE_EMBEDDED_MODEL")
     return found
 
 

@@ -9,7 +9,9 @@ import pytest
 from ui.browser import CHROMIUM, launch_chromium, run_comparison_in_page
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+# CI installs Chromium (.ci/run), so there a missing browser is a failure, not a skip.
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
+                                reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 
 PROMPT = "a large green square at the bottom left on a striped white background"
 
