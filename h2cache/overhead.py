@@ -93,22 +93,26 @@ def embedded_rows(repeats: int) -> list[tuple[str, str]]:
     pipe.set_progress_bar_config(disable=True)
     t = pipe.transformer
     captured = {}
-    t.transformer_blocks[0].register_forward_hook(
-        lambda m, a, kw, out: captured.setdefault("shape", (kw["hidden_states"].shape[1], kw["encoder_hidden_states"].shape[1], kw["hidden_states"].shape[2])),
-        with_kwargs=True)
+
+    def capture_shape(module, args, kwargs) -> None:  # a pre-hook that returns None changes nothing
+        captured["shape"] = (kwargs["hidden_states"].shape[1], kwargs["encoder_hidden_states"].shape[1],
+                             kwargs["hidden_states"].shape[2])
+
+    shape_hook = t.transformer_blocks[0].register_forward_pre_hook(capture_shape, with_kwargs=True)
     prompt = "a large red circle at the center on a striped blue background"
     base = generate(pipe, prompt, seed=0, previews=False)
+    shape_hook.remove()
     n_img, n_txt, dim = captured["shape"]
     d1, d2 = decision_seconds(n_img, n_txt, dim, torch.device("cpu"), torch.float32, H2CacheConfig(), 200)
 
     # One transformer call: time the model alone on the captured shapes.
     calls: list[float] = []
-    t.register_forward_pre_hook(lambda *_: calls.append(time.perf_counter()))
-    t.register_forward_hook(lambda *_: calls.append(time.perf_counter()))
+    hooks = [t.register_forward_pre_hook(lambda *_: calls.append(time.perf_counter()) and None),
+             t.register_forward_hook(lambda *_: calls.append(time.perf_counter()) and None)]
     generate(pipe, prompt, seed=0, previews=False)
     per_call = statistics.median(calls[i + 1] - calls[i] for i in range(0, len(calls) - 1, 2))
-    t._forward_pre_hooks.clear()
-    t._forward_hooks.clear()
+    for hook in hooks:
+        hook.remove()
 
     off, on = [], []
     for _ in range(repeats):
