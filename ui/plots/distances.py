@@ -49,7 +49,7 @@ def distance_figure(records: list[StepRecord], stage: int, tau: float, context_n
     ax.set_xlabel("denoising step")
     ax.set_ylabel("PFS distance")
     name = "structure" if stage == 1 else "detail"
-    ax.set_title(f"Stage {stage} ({name}): PFS distance per step — {context_note}", fontsize=10)
+    ax.set_title(f"Stage {stage} ({name}): PFS distance per step\n{context_note}", fontsize=10)
     # Outside the axes: a legend inside would hide the markers it explains.
     fig.legend(fontsize=7, loc="outside lower center", ncols=3, frameon=False)
     ax.grid(alpha=0.25)
