@@ -87,8 +87,10 @@ def generate(pipe: Any, prompt: str, *, seed: int, name: str = "run", previews: 
     timed call, so they don't count in ``seconds``.
     """
     args = {**generation_defaults(pipe), **kwargs}
-    steps = int(args["num_inference_steps"])
-    height, width = int(args["height"]), int(args["width"])
+    # Unknown pipelines have no defaults of ours: fall back to FluxPipeline's own.
+    steps = int(args.setdefault("num_inference_steps", 28))
+    height = int(args.setdefault("height", pipe.default_sample_size * pipe.vae_scale_factor))
+    width = int(args.setdefault("width", pipe.default_sample_size * pipe.vae_scale_factor))
     device = pipe._execution_device
     x0_latents: list[torch.Tensor] = []
     last_input: dict[str, torch.Tensor] = {}

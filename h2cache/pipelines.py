@@ -78,7 +78,13 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
 
 
 def generation_defaults(pipe_or_model: Any = None) -> dict[str, Any]:
-    """The call arguments a model was trained for (a copy), e.g. ``pipe(prompt, **generation_defaults(pipe))``."""
-    key = pipe_or_model if isinstance(pipe_or_model, str) or pipe_or_model is None else getattr(pipe_or_model, "_h2cache_model", None)
-    key = EMBEDDED if key is None else key
+    """The call arguments a model was trained for (a copy), e.g. ``pipe(prompt, **generation_defaults(pipe))``.
+
+    ``None`` means the embedded model. A pipeline that :func:`load_pipeline` did not load is an unknown
+    model and gets no defaults (``{}``): the pipeline's own defaults apply.
+    """
+    if pipe_or_model is None or isinstance(pipe_or_model, str):
+        key = pipe_or_model or EMBEDDED
+    else:
+        key = getattr(pipe_or_model, "_h2cache_model", None)
     return dict(GENERATION_DEFAULTS.get(key, {}))

@@ -266,3 +266,15 @@ def test_single_list_model_gets_the_methods_it_supports():
         apply_method(pipe, "fbcache")
     with pytest.raises(TypeError, match="FluxTransformer2DModel"):
         apply_method(pipe, "teacache", calibration=CalibrationStore("/nonexistent/x.json"))
+
+
+def test_guarded_h2cache_proposal_forces_full_calls(pipe, flops, baseline):
+    with apply_method(pipe, "h2cache-guarded", tau1=10.0, tau2=10.0, max_consecutive_hits=2, retention_ratio=0.2,
+                      num_inference_steps=STEPS, flops=flops) as handle:
+        for _ in range(2):  # counters restart with every pipeline call
+            run(pipe)
+            hits = [r.hit for r in handle.trace]
+            assert hits == [False, False, True, True, False, False]  # 2 retained, cap 2, last step full
+        assert handle.inner.config.tau1 == 10.0  # thresholds restored between calls
+    assert np.array_equal(run(pipe), baseline)
+    assert handle.inner.config.tau1 == 10.0

@@ -32,10 +32,10 @@ SCANNED: dict[str, list[tuple[str, dict[str, float]]]] = {
     "magcache": [("threshold", {})],
     "h2cache": [("tau1", {"tau2": 0.0}), ("tau2", {"tau1": 0.0})],
 }
-FOLLOWERS = {"h2cache-no-pfs": "h2cache", "h2cache-independent-stage2": "h2cache"}
+FOLLOWERS = {"h2cache-no-pfs": "h2cache", "h2cache-independent-stage2": "h2cache", "h2cache-guarded": "h2cache"}
 
 
-def scan_values(low: float = 0.005, high: float = 4.0, count: int = 28) -> list[float]:
+def scan_values(low: float = 0.01, high: float = 4.0, count: int = 20) -> list[float]:
     """Log-spaced candidate thresholds, rounded to 3 significant digits."""
     ratio = (high / low) ** (1 / (count - 1))
     return [float(f"{low * ratio ** i:.3g}") for i in range(count)]
@@ -51,9 +51,11 @@ def pick(curve: list[tuple[float, float]], targets: tuple[float, ...]) -> list[f
 
 
 def share_curve(pipe: Any, method: str, key: str, held: dict[str, float], values: list[float], prompts: list[str],
-                call_args: dict[str, Any], store: CalibrationStore, floor: float) -> list[tuple[float, float]]:
-    """(value, mean share of blocks run over `prompts`) for increasing values; stops below `floor`, or once the
-    share has stopped moving (e.g. MagCache capped by max_skip_steps)."""
+                call_args: dict[str, Any], store: CalibrationStore, floor: float,
+                plateau_below: float) -> list[tuple[float, float]]:
+    """(value, mean share of blocks run over `prompts`) for increasing values. Stops below `floor`, or on a
+    plateau below `plateau_below` (a method at its least compute, e.g. MagCache capped by max_skip_steps;
+    plateaus higher up, like MagCache's retained steps at small thresholds, are scanned through)."""
     curve = []
     steps = int(call_args["num_inference_steps"])
     for value in values:
@@ -65,7 +67,7 @@ def share_curve(pipe: Any, method: str, key: str, held: dict[str, float], values
                 shares.append(handle.trace.blocks_share())
         curve.append((value, sum(shares) / len(shares)))
         last = [share for _, share in curve[-5:]]
-        if curve[-1][1] < floor or (len(last) == 5 and last[-1] < 1.0 and max(last) - min(last) < 1e-9):
+        if curve[-1][1] < floor or (len(last) == 5 and last[-1] < plateau_below and max(last) - min(last) < 1e-9):
             break
     return curve
 
@@ -84,7 +86,8 @@ def select_grids(pipe: Any, methods: tuple[str, ...], explicit: dict[str, dict],
         grid = {}
         for key, held in SCANNED[method]:
             log(f"auto grid: scanning {method}.{key} on {len(prompts)} calibration prompts")
-            curve = share_curve(pipe, method, key, held, scan_values(), prompts, call_args, store, floor)
+            curve = share_curve(pipe, method, key, held, scan_values(), prompts, call_args, store, floor,
+                                plateau_below=min(targets) + 0.2)
             curves[f"{method}.{key}"] = curve
             default = get_method(method).setting(key).default
             grid[key] = tuple(sorted(set(pick(curve, targets)) | {default}))

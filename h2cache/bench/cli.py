@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import textwrap
 from typing import Any
 
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="equal-compute matching: |share of blocks executed| difference allowed")
     parser.add_argument("--match-peers", nargs="+", default=["fbcache", "teacache"], choices=list(METHODS),
                         metavar="METHOD", help="peers H2-Cache is matched against")
+    parser.add_argument("--from-results", metavar="RESULTS_JSON",
+                        help="run nothing: rewrite the tables and plots of an earlier run's results.json into --out")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (reported as not requested)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -83,12 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> BenchConfig:
-    import shlex
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return _config_from_args(parser, parser.parse_args(argv), argv)
+
+
+def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> BenchConfig:
     try:
         grids = dict(parse_grid(text) for text in args.grid)
     except ValueError as exc:
@@ -117,10 +121,36 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
         match_peers=tuple(args.match_peers), command=shlex.join(["python", "-m", "h2cache.bench", *argv]))
 
 
+def rewrite_report(results_json: str, out: str) -> dict[str, Any]:
+    """Tables, CSV and plots again from an earlier results.json (e.g. after a change to the report)."""
+    import json
+    from dataclasses import fields
+    from pathlib import Path
+
+    from .report import write_outputs
+
+    with open(results_json) as f:
+        earlier = json.load(f)
+    known = {f.name for f in fields(BenchConfig)}
+    stored = {k: v for k, v in earlier["meta"]["config"].items() if k in known}
+    for key in ("steps", "seeds", "methods", "match_peers"):
+        if key in stored:
+            stored[key] = tuple(stored[key])
+    config = BenchConfig(**{**stored, "out": out})
+    return write_outputs(Path(out), earlier["meta"], earlier["rows"], config)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     from .runner import run_benchmark
 
-    config = parse_config(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = _config_from_args(parser, args, argv)
+    if args.from_results:
+        results = rewrite_report(args.from_results, config.out)
+        print(f"[bench] rewrote {config.out}/results.md and plots from {args.from_results}")
+        return results
     results = run_benchmark(config)
     if results is not None:
         print(f"[bench] wrote {config.out}/results.md, results.json, summary.csv, samples.csv"

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"none": "#000000", "h2cache": "#d62728", "fbcache": "#1f77b4", "teacache": "#2ca02c",
           "magcache": "#9467bd", "taylorseer": "#ff7f0e", "h2cache-no-pfs": "#e377c2",
-          "h2cache-independent-stage2": "#8c564b"}
+          "h2cache-independent-stage2": "#8c564b", "h2cache-guarded": "#bcbd22"}
 
 
 def _panels(summary: list[dict[str, Any]]):

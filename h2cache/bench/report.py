@@ -96,13 +96,16 @@ def _verdict(h2: dict[str, Any], peer: dict[str, Any]) -> str:
     return "mixed"
 
 
+SUBJECTS = ("h2cache", "h2cache-guarded")
+
+
 def matched_comparison(summary: list[dict[str, Any]], peers: tuple[str, ...], tolerance: float,
-                       method: str = "h2cache") -> list[dict[str, Any]]:
+                       subjects: tuple[str, ...] = SUBJECTS) -> list[dict[str, Any]]:
     """Each H2-Cache point against each peer's point with the nearest share of blocks executed within
     ``tolerance`` (absolute), plus the peer's quality interpolated along its grid at H2-Cache's exact share.
     H2-Cache points that ran every block are left out (nothing was cached)."""
     out = []
-    for h2 in (s for s in summary if s["method"] == method and s["blocks_share"] < 0.999):
+    for h2 in (s for s in summary if s["method"] in subjects and s["blocks_share"] < 0.999):
         for peer_name in peers:
             candidates = [s for s in summary if s["method"] == peer_name and s["steps"] == h2["steps"]]
             if not candidates:
@@ -116,7 +119,7 @@ def matched_comparison(summary: list[dict[str, Any]], peers: tuple[str, ...], to
             if best is None and interp_mse is None:
                 continue
             out.append({
-                "steps": h2["steps"], "h2": h2["variant"], "h2_blocks_share": h2["blocks_share"],
+                "steps": h2["steps"], "h2_method": h2["method"], "h2": h2["variant"], "h2_blocks_share": h2["blocks_share"],
                 "h2_flops_share": h2["flops_share"], "h2_psnr": h2["psnr"], "h2_ssim": h2["ssim"],
                 "h2_lpips": h2["lpips"], "h2_speedup": h2["speedup_denoise"],
                 "peer": best["variant"] if best else None, "peer_method": peer_name,
@@ -134,11 +137,34 @@ def matched_comparison(summary: list[dict[str, Any]], peers: tuple[str, ...], to
     return out
 
 
+BUDGETS = (0.8, 0.6, 0.45, 0.3)
+
+
+def best_within_budget(summary: list[dict[str, Any]], budgets: tuple[float, ...] = BUDGETS) -> list[dict[str, Any]]:
+    """Per step count, method and budget: the variant with the lowest MSE (highest PSNR) among those running
+    at most that share of blocks; a Pareto view that needs no matching."""
+    out = []
+    for steps in sorted({s["steps"] for s in summary}):
+        methods = list(dict.fromkeys(s["method"] for s in summary if s["steps"] == steps and s["method"] != "none"))
+        for method in methods:
+            for budget in budgets:
+                fits = [s for s in summary if s["steps"] == steps and s["method"] == method
+                        and s["blocks_share"] <= budget + 1e-9]
+                best = min(fits, key=lambda s: s["mse"]) if fits else None
+                out.append({"steps": steps, "method": method, "budget": budget,
+                            "variant": best["variant"] if best else None,
+                            "blocks_share": best["blocks_share"] if best else None,
+                            "psnr": best["psnr"] if best else None, "ssim": best["ssim"] if best else None,
+                            "lpips": best["lpips"] if best else None,
+                            "speedup_denoise": best["speedup_denoise"] if best else None})
+    return out
+
+
 def verdict_counts(matched: list[dict[str, Any]], key: str = "verdict") -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for m in matched:
         if m[key] is not None:
-            counts[f"{m['peer_method']} @ {m['steps']} steps"][m[key]] += 1
+            counts[f"{m['h2_method']} vs {m['peer_method']} @ {m['steps']} steps"][m[key]] += 1
     return {k: dict(v) for k, v in counts.items()}
 
 
@@ -206,7 +232,24 @@ def markdown_report(meta: dict[str, Any], summary: list[dict[str, Any]], matched
                 f"| {_psnr_text(s['psnr'], s['identical'])} | {_num(s['ssim'], 4)} | {_num(s['lpips'], 4)} "
                 f"| {'yes' if s['deterministic'] else 'NO'} |")
         lines.append("")
+    budget_rows = best_within_budget(summary)
+    lines += ["## Best quality within a compute budget", "",
+              "For each method, its best grid point (lowest MSE) among those running at most the given share of "
+              "blocks: PSNR dB / SSIM (blocks run). TaylorSeer runs every block (it extrapolates attention "
+              "only), so it shows in the FLOPs column of the tables above, not here.", ""]
+    for steps in sorted({r["steps"] for r in budget_rows}):
+        header = "| method (" + f"{steps} steps) | " + " | ".join(f"≤ {b:.0%} blocks" for b in BUDGETS) + " |"
+        lines += [header, "|---|" + "---|" * len(BUDGETS)]
+        for method in dict.fromkeys(r["method"] for r in budget_rows if r["steps"] == steps):
+            cells = []
+            for r in (r for r in budget_rows if r["steps"] == steps and r["method"] == method):
+                cells.append("—" if r["variant"] is None else
+                             f"{_psnr_text(r['psnr'])} / {_num(r['ssim'], 3)} ({_num(r['blocks_share'], percent=True)})")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += [f"## Equal compute: H2-Cache against {', '.join(config.match_peers)}", "",
+              "'H2-Cache better' means the H2 variant on the left (the default `h2cache`, or the proposed "
+              "`h2cache-guarded` where it was run).", "",
               f"Nearest peer point with a share of blocks executed within ±{config.match_tolerance:.0%} "
               "(absolute); 'interp.' is the peer's quality interpolated along its grid at H2-Cache's share. "
               "Verdict: lower LPIPS where available, else higher PSNR *and* SSIM.", "",
@@ -264,7 +307,8 @@ def write_outputs(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], c
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     matched = matched_comparison(summary, tuple(config.match_peers), config.match_tolerance)
-    results = _jsonable({"meta": meta, "summary": summary, "matched": matched,
+    results = _jsonable({"meta": meta, "summary": summary, "best_within_budget": best_within_budget(summary),
+                         "matched": matched,
                          "verdicts": verdict_counts(matched),
                          "verdicts_interpolated": verdict_counts(matched, "verdict_interpolated"), "rows": rows})
     with open(out / "results.json", "w") as f:

@@ -202,6 +202,94 @@ def _grids_by_steps(pipe: Any, config: BenchConfig, state: Any, store: Calibrati
     return grids, auto
 
 
+@dataclass
+class _Setup:
+    pipe: Any
+    prompts: list[str]
+    store: CalibrationStore
+    variants_by_steps: dict[int, list[Variant]]
+    flop_tables: dict[tuple, FlopTable]
+    calibrated: dict[str, Any]
+    auto_grid: dict[str, Any] | None
+
+    def flops_for(self, args: dict[str, Any]) -> FlopTable:
+        return self.flop_tables[(args["height"], args["width"], args.get("max_sequence_length"))]
+
+
+def _prepare(config: BenchConfig, state: Any, device: str, out: Path) -> _Setup:
+    """Load the model; calibrate and choose grids on the main process; measure the FLOP tables."""
+    prompts = read_prompts(config.prompts_file, config.num_prompts)
+    if "none" not in config.methods:
+        config.methods = ("none", *config.methods)
+    pipe = load_pipeline(None if config.model == EMBEDDED else config.model, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    store = CalibrationStore(config.calibration_file)
+    log = (lambda msg: tqdm.write(f"[bench] {msg}")) if state.is_main_process else (lambda msg: None)
+    cal_prompts = calibration_prompts(config, prompts)
+    calibrated: dict[str, Any] = {}
+    if state.is_main_process:
+        calibrated = ensure_calibration(pipe, config, store, cal_prompts, log)
+    state.wait_for_everyone()
+    grids_by_steps, auto_grid = _grids_by_steps(pipe, config, state, store, cal_prompts, out, log)
+    variants_by_steps = {}
+    for steps in config.steps:
+        variants = expand_variants(config.methods, grids_by_steps[steps])
+        # the uncached reference first: every other variant is scored against it
+        variants_by_steps[steps] = [v for v in variants if v.method == "none"][:1] + [
+            v for v in variants if v.method != "none"]
+    flop_tables: dict[tuple, FlopTable] = {}
+    for steps in config.steps:
+        args = _call_args(pipe, config, steps)
+        key = (args["height"], args["width"], args.get("max_sequence_length"))
+        if key not in flop_tables:
+            shape_args = {k: v for k, v in args.items() if k != "num_inference_steps"}
+            flop_tables[key] = measure_flop_table(pipe, prompts[0], **shape_args)
+    return _Setup(pipe, prompts, store, variants_by_steps, flop_tables, calibrated, auto_grid)
+
+
+def _run_items(config: BenchConfig, setup: _Setup, items: list[tuple[int, int]], rank: int,
+               world: int) -> list[dict[str, Any]]:
+    """Every (steps, prompt, seed, variant) of this process's share, timed `config.repeats` times."""
+    pipe, prompts, store = setup.pipe, setup.prompts, setup.store
+    total = sum(config.warmup + len(items) * len(setup.variants_by_steps[s]) * config.repeats for s in config.steps)
+    bar = tqdm(total=total, desc=f"bench {rank + 1}/{world}", position=rank, dynamic_ncols=True,
+               disable=not config.progress)
+    rows: list[dict[str, Any]] = []
+    for steps in config.steps:
+        args = _call_args(pipe, config, steps)
+        flops = setup.flops_for(args)
+        reference, *variants = setup.variants_by_steps[steps]
+        if config.warmup:
+            measure(pipe, reference, prompts[0], config.seeds[0], args, flops, store, config.warmup, bar.update)
+        for prompt_index, seed in items:
+            prompt = prompts[prompt_index]
+            base, _ = measure(pipe, reference, prompt, seed, args, flops, store, config.repeats, bar.update)
+            rows.append(_row(reference, steps, prompt_index, prompt, seed, base, base, "uncached", config.lpips))
+            for variant in variants:
+                bar.set_postfix_str(f"{steps} steps, prompt {prompt_index}, {variant.label}", refresh=False)
+                runs, description = measure(pipe, variant, prompt, seed, args, flops, store, config.repeats,
+                                            bar.update)
+                rows.append(_row(variant, steps, prompt_index, prompt, seed, runs, base, description, config.lpips))
+    bar.close()
+    return rows
+
+
+def _merge(shards: Path, world: int, setup: _Setup) -> list[dict[str, Any]]:
+    merged: list[dict[str, Any]] = []
+    for path in sorted(shards.glob("rank*.json")):
+        with open(path) as f:
+            merged.extend(json.load(f)["rows"])
+    if world == 1:  # one shard is the merged result; keep shards only as the record of a sharded run
+        shutil.rmtree(shards)
+    order = {(s, v.label): i for s, vs in setup.variants_by_steps.items() for i, v in enumerate(vs)}
+    merged.sort(key=lambda r: (r["steps"], r["prompt_index"], r["seed"], order[(r["steps"], r["variant"])]))
+    for row in merged:
+        base_denoise, base_total = row.get("baseline_denoise_s"), row.get("baseline_total_s")
+        row["speedup_denoise"] = base_denoise / row["denoise_s"] if base_denoise else None
+        row["speedup_total"] = base_total / row["total_s"] if base_total else None
+    return merged
+
+
 def run_benchmark(config: BenchConfig) -> dict[str, Any] | None:
     """Run the benchmark in this process (one of several under ``accelerate launch``).
 
@@ -224,85 +312,28 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any] | None:
             old.unlink()
     state.wait_for_everyone()
 
-    prompts = read_prompts(config.prompts_file, config.num_prompts)
-    methods = tuple(config.methods) if "none" in config.methods else ("none", *config.methods)
-    config.methods = methods
-    items = [(i, seed) for i in range(len(prompts)) for seed in config.seeds]
-
-    pipe = load_pipeline(None if config.model == EMBEDDED else config.model, device=device)
-    pipe.set_progress_bar_config(disable=True)
-    store = CalibrationStore(config.calibration_file)
-    log = (lambda msg: tqdm.write(f"[bench] {msg}")) if state.is_main_process else (lambda msg: None)
-    cal_prompts = calibration_prompts(config, prompts)
-    calibrated: dict[str, Any] = {}
-    if state.is_main_process:
-        calibrated = ensure_calibration(pipe, config, store, cal_prompts, log)
-    state.wait_for_everyone()
-    grids_by_steps, auto_grid = _grids_by_steps(pipe, config, state, store, cal_prompts, out, log)
-    variants_by_steps = {}
-    for steps in config.steps:
-        variants = expand_variants(methods, grids_by_steps[steps])
-        variants_by_steps[steps] = [v for v in variants if v.method == "none"][:1] + [
-            v for v in variants if v.method != "none"]
-
-    flop_tables = {}
-    for steps in config.steps:
-        args = _call_args(pipe, config, steps)
-        shape_key = (args["height"], args["width"], args.get("max_sequence_length"))
-        if shape_key not in flop_tables:
-            flop_tables[shape_key] = measure_flop_table(pipe, prompts[0], **{k: v for k, v in args.items()
-                                                                              if k != "num_inference_steps"})
+    setup = _prepare(config, state, device, out)
+    items = [(i, seed) for i in range(len(setup.prompts)) for seed in config.seeds]
     with state.split_between_processes(items) as mine:
-        mine = list(mine)
-    total = sum(config.warmup + len(mine) * len(variants_by_steps[s]) * config.repeats for s in config.steps)
-    bar = tqdm(total=total, desc=f"bench {rank + 1}/{world}", position=rank, dynamic_ncols=True,
-               disable=not config.progress)
-    rows: list[dict[str, Any]] = []
-    for steps in config.steps:
-        args = _call_args(pipe, config, steps)
-        flops = flop_tables[(args["height"], args["width"], args.get("max_sequence_length"))]
-        variants = variants_by_steps[steps]
-        if config.warmup:
-            measure(pipe, variants[0], prompts[0], config.seeds[0], args, flops, store, config.warmup, bar.update)
-        for prompt_index, seed in mine:
-            prompt = prompts[prompt_index]
-            base, _ = measure(pipe, variants[0], prompt, seed, args, flops, store, config.repeats, bar.update)
-            rows.append(_row(variants[0], steps, prompt_index, prompt, seed, base, base, "uncached", config.lpips))
-            for variant in variants[1:]:
-                bar.set_postfix_str(f"{steps} steps, prompt {prompt_index}, {variant.label}", refresh=False)
-                runs, description = measure(pipe, variant, prompt, seed, args, flops, store, config.repeats,
-                                            bar.update)
-                rows.append(_row(variant, steps, prompt_index, prompt, seed, runs, base, description, config.lpips))
-    bar.close()
+        rows = _run_items(config, setup, list(mine), rank, world)
     with open(shards / f"rank{rank}.json", "w") as f:
         json.dump({"rank": rank, "world": world, "rows": rows}, f)
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
 
-    merged: list[dict[str, Any]] = []
-    for path in sorted(shards.glob("rank*.json")):
-        with open(path) as f:
-            merged.extend(json.load(f)["rows"])
-    if world == 1:  # one shard is the merged result; keep shards only as the record of a sharded run
-        shutil.rmtree(shards)
-    order = {(s, v.label): i for s, vs in variants_by_steps.items() for i, v in enumerate(vs)}
-    merged.sort(key=lambda r: (r["steps"], r["prompt_index"], r["seed"], order[(r["steps"], r["variant"])]))
-    for row in merged:
-        base_denoise, base_total = row.get("baseline_denoise_s"), row.get("baseline_total_s")
-        row["speedup_denoise"] = base_denoise / row["denoise_s"] if base_denoise else None
-        row["speedup_total"] = base_total / row["total_s"] if base_total else None
-    config_dict = asdict(config)
+    merged = _merge(shards, world, setup)
+    pipe = setup.pipe
     meta = {
         "command": config.command if world == 1 else f"accelerate launch ... ({world} processes) {config.command}",
-        "processes": world, "config": config_dict, "machine": describe_machine(device),
+        "processes": world, "config": asdict(config), "machine": describe_machine(device),
         "model_key": model_key(pipe), "model_fingerprint": model_fingerprint(pipe.transformer),
-        "call_args": {str(s): {k: v for k, v in _call_args(pipe, config, s).items()} for s in config.steps},
-        "flop_tables": {f"{h}x{w}/{t}": table.as_dict() for (h, w, t), table in flop_tables.items()},
-        "calibration_file": str(store.path), "calibrated_now": sorted(calibrated),
-        "variants": {str(s): [v.label for v in vs] for s, vs in variants_by_steps.items()}, "prompts": prompts,
-        "auto_grid": auto_grid,
+        "call_args": {str(s): _call_args(pipe, config, s) for s in config.steps},
+        "flop_tables": {f"{h}x{w}/{t}": table.as_dict() for (h, w, t), table in setup.flop_tables.items()},
+        "calibration_file": str(setup.store.path), "calibrated_now": sorted(setup.calibrated),
+        "variants": {str(s): [v.label for v in vs] for s, vs in setup.variants_by_steps.items()},
+        "prompts": setup.prompts, "auto_grid": setup.auto_grid,
     }
-    if config.decision_cost and any(m.startswith("h2cache") for m in methods):
-        meta["decision_cost"] = _decision_cost(pipe, next(iter(flop_tables.values())), device)
+    if config.decision_cost and any(m.startswith("h2cache") for m in config.methods):
+        meta["decision_cost"] = _decision_cost(pipe, next(iter(setup.flop_tables.values())), device)
     return write_outputs(out, meta, merged, config)

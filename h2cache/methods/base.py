@@ -31,6 +31,7 @@ class ApplyContext:
     transformer: torch.nn.Module
     num_inference_steps: int
     calibration: CalibrationStore
+    meter: BlockMeter | None = None  # attached before the method; tells a method the run and context
 
     @property
     def model_key(self) -> str:
@@ -112,9 +113,9 @@ class Method:
         if not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         _refuse_stacking(transformer)
-        context = ApplyContext(pipe_or_transformer, transformer, num_inference_steps,
-                               calibration or CalibrationStore())
         meter = BlockMeter(transformer, flops).attach()
+        context = ApplyContext(pipe_or_transformer, transformer, num_inference_steps,
+                               calibration or CalibrationStore(), meter)
         try:
             attachment = self.attach({**values, **self.fixed}, context)
         except BaseException:

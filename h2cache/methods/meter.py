@@ -215,6 +215,7 @@ class BlockMeter:
         self._handles: list[Any] = []
         self._created_registry = False
         self._installed_reset = False
+        self._root: _MeterRootHook | None = None
         self.attached = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -226,7 +227,8 @@ class BlockMeter:
         if registry.get_hook(_METER_HOOK) is not None:
             raise ValueError("a method is already applied to this transformer (its block meter is attached); "
                              "call .remove() on that method's handle first")
-        registry.register_hook(_MeterRootHook(self), _METER_HOOK)
+        self._root = _MeterRootHook(self)
+        registry.register_hook(self._root, _METER_HOOK)
         registry.invalidate_child_registries_cache()
         for index, (attn, work) in enumerate(self.probes):
             self._handles.append(attn.register_forward_pre_hook(self._probe(index, 0)))
@@ -251,6 +253,17 @@ class BlockMeter:
         if self._installed_reset and isinstance(vars(self.transformer).get("_reset_stateful_cache"), _ResetOnPipelineEnd):
             del self.transformer._reset_stateful_cache
         self.attached = False
+
+    # -- what other hooks may ask ---------------------------------------------------------------------
+    @property
+    def run_pending(self) -> bool:
+        """True between pipeline calls: the next transformer call starts a new run (and a new trace)."""
+        return self._new_run
+
+    def current_context(self) -> str:
+        """The cache context the pipeline has set for the coming (or current) transformer call."""
+        context = self._root.state_manager._context if self._root is not None else None
+        return context.name if context is not None else DEFAULT_CONTEXT
 
     # -- callbacks -------------------------------------------------------------------------------------
     def _probe(self, index: int, part: int):

@@ -17,6 +17,7 @@ from typing import Any
 from .base import ApplyContext, Attachment, Method, MethodHandle
 from .diffusers_caches import attach_fbcache, attach_magcache, attach_taylorseer
 from .h2 import attach_h2cache
+from .h2_guarded import attach_h2cache_guarded
 from .meter import MethodRecord
 from .settings import Setting
 from .teacache import FLUX_DEV_COEFFICIENTS, TeaCacheConfig, apply_teacache, teacache_blocks
@@ -110,6 +111,13 @@ register(Method(
 register(Method(
     "h2cache-independent-stage2", "ablation: H2-Cache without the forced stage-2 hit",
     (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache, fixed={"independent_stage2": True}))
+# A proposed change to the method, measured against the default (see h2_guarded.py).
+register(Method(
+    "h2cache-guarded", "proposal: H2-Cache + full compute of the first steps, the last step, and after K reusing calls",
+    (_TAU1, _TAU2, _POOL1, _POOL2,
+     Setting("max_consecutive_hits", int, 3, 1, INF, "most transformer calls in a row that reuse anything"),
+     Setting("retention_ratio", float, 0.2, 0.0, 1.0, "share of initial steps always computed")),
+    _H2_GRID, attach_h2cache_guarded))
 
 
 def list_methods() -> list[str]:

@@ -91,7 +91,8 @@ class TeaCacheConfig:
 
 @dataclass
 class TeaCacheDecision:
-    """One call's decision: the relative change (``None`` when forced), the accumulator after it, and the outcome."""
+    """One call's decision: the relative change (``None`` when forced), the accumulated value it was decided on,
+    and the outcome."""
 
     step: int
     context: str
@@ -117,8 +118,8 @@ def _relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
     return float(((current - previous).abs().mean() / previous.abs().mean()).item())
 
 
-def _pack(meta, template: Any, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
-    if not isinstance(template, tuple) and meta.return_encoder_hidden_states_index is None:
+def _pack(meta, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
+    if meta.return_encoder_hidden_states_index is None:
         return hidden
     size = max(meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) + 1
     out = [None] * size
@@ -157,31 +158,33 @@ class TeaCacheHeadHook(ModelHook):
         # Computing the signal re-runs norm1 (cheap: one Linear on temb and a LayerNorm); the published
         # implementation does the same outside the block.
         modulated = unwrap_module(module).norm1(hidden, emb=temb)[0]
-        compute, change = self._decide(state, modulated)
+        compute, change, accumulated = self._decide(state, modulated)
         state.previous_modulated = modulated
         self.decisions.append(TeaCacheDecision(state.step, self.state_manager.context_name, change,
-                                               state.accumulated, compute))
+                                               accumulated, compute))
         state.step += 1
         state.compute = compute
         if not compute:
-            return _pack(meta, (), hidden + state.residual, encoder)
+            return _pack(meta, hidden + state.residual, encoder)
         state.head_input = hidden
         return self.fn_ref.original_forward(*args, **kwargs)
 
     @torch.compiler.disable
-    def _decide(self, state: TeaCacheState, modulated: torch.Tensor) -> tuple[bool, float | None]:
+    def _decide(self, state: TeaCacheState, modulated: torch.Tensor) -> tuple[bool, float | None, float]:
+        """(compute?, relative change or None when forced, accumulator value the decision was made on)."""
         forced = (state.step == 0 or state.step >= self.config.num_inference_steps - 1
                   or state.previous_modulated is None or state.residual is None
                   or state.previous_modulated.shape != modulated.shape)
         if forced:
             state.accumulated = 0.0
-            return True, None
+            return True, None, 0.0
         change = _relative_l1(modulated, state.previous_modulated)
         state.accumulated += self.config.rescale(change)
-        if state.accumulated < self.config.threshold:
-            return False, change
-        state.accumulated = 0.0
-        return True, change
+        accumulated = state.accumulated
+        if accumulated < self.config.threshold:
+            return False, change, accumulated
+        state.accumulated = 0.0  # crossed: compute, and start accumulating afresh
+        return True, change, accumulated
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
@@ -210,7 +213,7 @@ class TeaCacheBlockHook(ModelHook):
         if not state.compute:
             hidden = meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
             encoder = meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
-            return _pack(meta, (), hidden, encoder)
+            return _pack(meta, hidden, encoder)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.is_tail and state.head_input is not None:
             hidden_out = output[meta.return_hidden_states_index] if isinstance(output, tuple) else output
