@@ -356,8 +356,8 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
         >>> handle = h2cache.apply_h2_cache(pipe, h2cache.H2CacheConfig(tau1=0.15, tau2=0.22))
         >>> image = pipe("a small red circle at the top left on a striped blue background",
         ...              **h2cache.generation_defaults(pipe), generator=torch.Generator().manual_seed(0)).images[0]
-        >>> [(r.step, r.hit1, r.hit2) for r in handle.trace][:2]
-        [(0, False, False), (1, False, False)]
+        >>> [(r.context, r.step, r.hit1) for r in handle.trace][:2]  # the embedded model runs true CFG
+        [('cond', 0, False), ('uncond', 0, False)]
         >>> handle.remove()
         ```
     """
