@@ -203,6 +203,15 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writerow(_flat(r))
 
 
+def _relative(path: str) -> str:
+    """Paths inside the repository as the commands write them (the report is read on other machines)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def markdown_report(meta: dict[str, Any], summary: list[dict[str, Any]], matched: list[dict[str, Any]],
                     config: BenchConfig) -> str:
     lpips_reason = next((s["lpips_reason"] for s in summary if s["lpips"] is None and s["lpips_reason"]), None)
@@ -211,7 +220,7 @@ def markdown_report(meta: dict[str, Any], summary: list[dict[str, Any]], matched
         f"- Command: `{meta['command']}` ({meta['processes']} process(es))",
         f"- Model: `{meta['model_key']}` (fingerprint `{meta['model_fingerprint']}`)",
         f"- Machine: {machine_line(meta['machine'])}",
-        f"- Prompts: {len(meta['prompts'])} from `{config.prompts_file}`; seeds {list(config.seeds)}; "
+        f"- Prompts: {len(meta['prompts'])} from `{_relative(config.prompts_file)}`; seeds {list(config.seeds)}; "
         f"warm-up {config.warmup}, repeats {config.repeats} (median)",
         f"- Speedup: baseline over method, summed per-sample median wall time of the denoising loop "
         f"(first transformer call to last scheduler step); end to end in its own column",
@@ -259,7 +268,7 @@ def markdown_report(meta: dict[str, Any], summary: list[dict[str, Any]], matched
     for m in matched:
         lines.append(
             f"| {m['steps']} | `{m['h2']}` | {_num(m['h2_blocks_share'], percent=True)} | {_psnr_text(m['h2_psnr'])} "
-            f"| {_num(m['h2_ssim'], 4)} | `{m['peer'] or '—'}` | {_num(m['peer_blocks_share'], percent=True)} "
+            f"| {_num(m['h2_ssim'], 4)} | {'`' + m['peer'] + '`' if m['peer'] else m['peer_method'] + ': —'} | {_num(m['peer_blocks_share'], percent=True)} "
             f"| {_psnr_text(m['peer_psnr'])} | {_num(m['peer_ssim'], 4)} | {m['verdict']} "
             f"| {_psnr_text(m['peer_psnr_interpolated'])} | {m['verdict_interpolated'] or '—'} |")
     lines += ["", "Counts (nearest point within tolerance):", ""]

@@ -1,5 +1,6 @@
 """One interface over H2-Cache and its peers: ``none``, ``h2cache``, ``fbcache``, ``teacache``, ``magcache``,
-``taylorseer`` (and two H2-Cache ablations).
+``taylorseer``; plus two H2-Cache ablations (``h2cache-no-pfs``, ``h2cache-independent-stage2``) and a proposed
+variant measured by the benchmark (``h2cache-guarded``).
 
 Every method is applied the same way and reports the same per-call trace fields
 (blocks run, attention run, hit, FLOPs), counted by one meter inside the blocks.
