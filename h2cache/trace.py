@@ -27,10 +27,14 @@ class StepRecord:
         return asdict(self)
 
 
-class Trace(list):
-    """The records of the most recent pipeline call, in call order (contexts interleaved)."""
+class RecordList(list):
+    """Per-call records of one pipeline call, in call order (contexts interleaved).
 
-    def for_context(self, context: str) -> list[StepRecord]:
+    Shared by H2-Cache's :class:`Trace` and the peer methods' traces: any record with
+    ``context``, ``blocks_run`` and ``blocks_total`` fields.
+    """
+
+    def for_context(self, context: str) -> list:
         return [r for r in self if r.context == context]
 
     @property
@@ -41,6 +45,10 @@ class Trace(list):
         """Share of block executions actually run, over all calls (1.0 without reuse)."""
         total = sum(r.blocks_total for r in self)
         return sum(r.blocks_run for r in self) / total if total else 1.0
+
+
+class Trace(RecordList):
+    """The records of the most recent pipeline call, in call order (contexts interleaved)."""
 
     def hits(self) -> tuple[int, int]:
         """(stage-1 hits, stage-2 hits), forced stage-2 hits included."""

@@ -39,6 +39,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..hooks import DEFAULT_CONTEXT
 from ..stages import resolve_stages
+from ..trace import RecordList
 
 _METER_HOOK = "h2cache_meter"
 
@@ -68,20 +69,8 @@ class MethodRecord:
         return asdict(self)
 
 
-class MethodTrace(list):
-    """Records of the most recent pipeline call, in call order (contexts interleaved)."""
-
-    def for_context(self, context: str) -> list[MethodRecord]:
-        return [r for r in self if r.context == context]
-
-    @property
-    def contexts(self) -> list[str]:
-        return list(dict.fromkeys(r.context for r in self))
-
-    def blocks_share(self) -> float:
-        """Blocks run over blocks of an uncached run (1.0 without reuse)."""
-        total = sum(r.blocks_total for r in self)
-        return sum(r.blocks_run for r in self) / total if total else 1.0
+class MethodTrace(RecordList):
+    """Records of the most recent pipeline call; ``for_context``, ``contexts`` and ``blocks_share`` are shared."""
 
     def attn_share(self) -> float:
         total = sum(r.blocks_total for r in self)
