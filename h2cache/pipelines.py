@@ -60,14 +60,14 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
             raise FileNotFoundError(
                 f"embedded model not found at {EMBEDDED_MODEL_DIR}; train it with `python -m h2cache.training` "
                 "or set H2CACHE_EMBEDDED_MODEL")
-        pipe = FluxPipeline.from_pretrained(EMBEDDED_MODEL_DIR, local_files_only=True, torch_dtype=dtype or torch.float32)
+        pipe = FluxPipeline.from_pretrained(EMBEDDED_MODEL_DIR, local_files_only=True, dtype=dtype or torch.float32)
         # pipe(prompt) without a size then renders at the trained 64x64, not FLUX's 1024.
         pipe.default_sample_size = GENERATION_DEFAULTS[EMBEDDED]["height"] // pipe.vae_scale_factor
     else:
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         try:
-            pipe = FluxPipeline.from_pretrained(key, torch_dtype=dtype, token=os.environ.get("HF_TOKEN"))
+            pipe = FluxPipeline.from_pretrained(key, dtype=dtype, token=os.environ.get("HF_TOKEN"))
         except Exception as exc:  # hub errors come in many types; the user needs the reason and the fix
             raise RuntimeError(
                 f"could not load {key!r}: {exc}. FLUX.1 repositories are gated: accept the license on the "

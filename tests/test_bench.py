@@ -192,3 +192,32 @@ def test_auto_grid_targets_shares_of_blocks_run(tiny_model_dir, prompts_file, tm
     assert curve[0][1] == 1.0 and [v for v, _ in curve] == sorted(v for v, _ in curve)
     labels = results["meta"]["variants"]["5"]
     assert "fbcache(threshold=0.3)" in labels and len(labels) == 1 + 1 + 2 * len(h2["tau1"]) * len(h2["tau2"])
+
+
+def test_flux_scale_check_pins_block_patterns_and_exactness(tmp_path):
+    """The FLUX-shaped timing check (tiny layout on the CPU): threshold 0 gives the uncached latents bit for
+    bit, and the extreme thresholds give exactly the block counts DESIGN.md's cost rules predict."""
+    import json
+
+    from h2cache.bench import flux_scale
+
+    steps = 5
+    assert flux_scale.main(["--config", "tiny", "--device", "cpu", "--steps", str(steps), "--repeats", "1",
+                            "--warmup", "0", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    rows = {r["label"]: r for r in result["rows"]}
+    double, single = flux_scale.CONFIGS["tiny"]["num_layers"], flux_scale.CONFIGS["tiny"]["num_single_layers"]
+    blocks = double + single
+    assert result["arguments"]["blocks"] == blocks
+
+    def share(per_later_call: int) -> float:  # the first call always runs every block
+        return (blocks + (steps - 1) * per_later_call) / (blocks * steps)
+
+    assert rows["no cache"]["blocks_share"] == 1.0
+    for label in ("h2cache, tau1 = tau2 = 0 (hooks only)", "fbcache, threshold 0 (hooks only)"):
+        assert rows[label]["blocks_share"] == 1.0
+        assert rows[label]["matches_uncached"] is True
+    assert rows["h2cache, stage-2 reuse only"]["blocks_share"] == pytest.approx(share(double + 1))
+    assert rows["h2cache, full reuse"]["blocks_share"] == pytest.approx(share(2))
+    assert rows["fbcache, full reuse"]["blocks_share"] == pytest.approx(share(1))
+    assert "| h2cache, full reuse |" in (tmp_path / "result.md").read_text()
