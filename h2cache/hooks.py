@@ -56,11 +56,25 @@ class H2CacheState(BaseState):
         self.__init__()
 
 
-class _ContextStateManager(StateManager):
-    """A StateManager that falls back to one default context.
+class ContextStateManager(StateManager):
+    """A diffusers ``StateManager`` that falls back to one default context.
 
     FluxPipeline names its calls with ``transformer.cache_context('cond'|'uncond')``;
-    SD3's pipeline and direct transformer calls set no context, and all share one.
+    SD3's pipeline and direct transformer calls set no context, and all share one
+    (diffusers' own manager raises there). Public so other caches built on the same
+    hooks (``h2cache.methods.teacache``) share the behaviour.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Counter:
+        ...     calls: int = 0
+        >>> manager = ContextStateManager(Counter)
+        >>> manager.context_name
+        'default'
+        >>> manager.get_state().calls += 1
+        >>> manager.get_state().calls
+        1
     """
 
     @property
@@ -112,7 +126,7 @@ class H2RootHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, state_manager: _ContextStateManager, trace: Trace, blocks_total: int) -> None:
+    def __init__(self, state_manager: ContextStateManager, trace: Trace, blocks_total: int) -> None:
         super().__init__()
         self.state_manager = state_manager
         self.trace = trace
@@ -148,7 +162,7 @@ class H2ProbeHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, state_manager: _ContextStateManager, config: H2CacheConfig, stage: int, is_tail: bool) -> None:
+    def __init__(self, state_manager: ContextStateManager, config: H2CacheConfig, stage: int, is_tail: bool) -> None:
         super().__init__()
         self.state_manager = state_manager
         self.config = config
@@ -232,7 +246,7 @@ class H2BlockHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, state_manager: _ContextStateManager, stage: int, is_tail: bool) -> None:
+    def __init__(self, state_manager: ContextStateManager, stage: int, is_tail: bool) -> None:
         super().__init__()
         self.state_manager = state_manager
         self.stage = stage
@@ -359,6 +373,7 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
         >>> [(r.context, r.step, r.hit1) for r in handle.trace][:2]  # the embedded model runs true CFG
         [('cond', 0, False), ('uncond', 0, False)]
         >>> handle.remove()
+
         ```
     """
     transformer = _transformer_of(pipe_or_transformer)
@@ -375,7 +390,7 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
             "call transformer.disable_cache() first"
         )
 
-    state_manager = _ContextStateManager(H2CacheState)
+    state_manager = ContextStateManager(H2CacheState)
     trace = Trace()
     created = [m for m in (transformer, *split.stage1, *split.stage2) if not hasattr(m, "_diffusers_hook")]
     root = HookRegistry.check_if_exists_or_initialize(transformer)

@@ -17,6 +17,7 @@ import contextlib
 import io
 import math
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,9 @@ class _Lpips:
         try:
             import lpips
 
-            with contextlib.redirect_stdout(io.StringIO()):
+            # lpips still calls torchvision's deprecated `pretrained=` API; those warnings are not the user's.
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")
                 self._model = lpips.LPIPS(net="alex", verbose=False).eval()
         except ImportError as exc:
             self._reason = f"the lpips package is not installed ({exc})"

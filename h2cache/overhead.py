@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from .config import H2CacheConfig
-from .hooks import H2CacheState, H2ProbeHook, _ContextStateManager, apply_h2_cache
+from .hooks import H2CacheState, H2ProbeHook, ContextStateManager, apply_h2_cache
 
 FLUX_DIM, FLUX_HEADS, FLUX_DOUBLE, FLUX_SINGLE = 3072, 24, 19, 38
 FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS = 4096, 512
@@ -50,7 +50,7 @@ def decision_seconds(image_tokens: int, text_tokens: int, dim: int, device: torc
         return torch.randn(1, n, dim, generator=gen).to(device, dtype)
 
     h_in, h_out, e_in, e_out = rand(image_tokens), rand(image_tokens), rand(text_tokens), rand(text_tokens)
-    manager = _ContextStateManager(H2CacheState)
+    manager = ContextStateManager(H2CacheState)
     results = []
     for stage in (0, 1):
         probe = H2ProbeHook(manager, config, stage, is_tail=False)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,30 @@ GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# A local FluxPipeline directory may carry its own defaults in this file (the training export writes it).
+DEFAULTS_FILE = "generation_defaults.json"
+
+
+def write_generation_defaults(model_dir: str | Path, defaults: dict[str, Any]) -> Path:
+    """Store `defaults` in a local model directory so :func:`load_pipeline` users get them."""
+    path = Path(model_dir) / DEFAULTS_FILE
+    path.write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _local_defaults(model_dir: Path) -> dict[str, Any] | None:
+    path = model_dir / DEFAULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        defaults = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+    if not isinstance(defaults, dict):
+        raise ValueError(f"{path} must hold a JSON object of pipeline call arguments, got {type(defaults).__name__}")
+    return defaults
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -55,6 +80,9 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
 
     device = device or default_device()
     key = EMBEDDED if model in (None, EMBEDDED) else model
+    local = Path(key) if key != EMBEDDED and Path(key).is_dir() else None
+    if local is not None and local.resolve() == EMBEDDED_MODEL_DIR.resolve():
+        key, local = EMBEDDED, None
     if key == EMBEDDED:
         if not (EMBEDDED_MODEL_DIR / "model_index.json").exists():
             raise FileNotFoundError(
@@ -74,17 +102,24 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
                 "Hugging Face Hub and set HF_TOKEN, or pre-download the weights into the HF cache."
             ) from exc
     pipe._h2cache_model = key
+    if local is not None:
+        pipe._h2cache_defaults = _local_defaults(local)
     return pipe.to(device)
 
 
 def generation_defaults(pipe_or_model: Any = None) -> dict[str, Any]:
     """The call arguments a model was trained for (a copy), e.g. ``pipe(prompt, **generation_defaults(pipe))``.
 
-    ``None`` means the embedded model. A pipeline that :func:`load_pipeline` did not load is an unknown
-    model and gets no defaults (``{}``): the pipeline's own defaults apply.
+    ``None`` means the embedded model. A local model directory gets what its ``generation_defaults.json``
+    holds (:func:`write_generation_defaults`). A pipeline that :func:`load_pipeline` did not load is an
+    unknown model and gets no defaults (``{}``): the pipeline's own defaults apply.
     """
-    if pipe_or_model is None or isinstance(pipe_or_model, str):
-        key = pipe_or_model or EMBEDDED
-    else:
-        key = getattr(pipe_or_model, "_h2cache_model", None)
-    return dict(GENERATION_DEFAULTS.get(key, {}))
+    if pipe_or_model is None or isinstance(pipe_or_model, (str, Path)):
+        key = str(pipe_or_model or EMBEDDED)
+        if key != EMBEDDED and Path(key).is_dir():
+            return dict(_local_defaults(Path(key)) or {})
+        return dict(GENERATION_DEFAULTS.get(key, {}))
+    local = getattr(pipe_or_model, "_h2cache_defaults", None)
+    if local is not None:
+        return dict(local)
+    return dict(GENERATION_DEFAULTS.get(getattr(pipe_or_model, "_h2cache_model", None), {}))

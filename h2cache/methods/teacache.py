@@ -41,7 +41,7 @@ from diffusers.hooks.hooks import BaseState
 from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.utils.torch_utils import unwrap_module
 
-from ..hooks import _ContextStateManager
+from ..hooks import ContextStateManager
 
 _HEAD_HOOK = "teacache_head"
 _BLOCK_HOOK = "teacache_block"
@@ -133,7 +133,7 @@ class TeaCacheHeadHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, state_manager: _ContextStateManager, config: TeaCacheConfig,
+    def __init__(self, state_manager: ContextStateManager, config: TeaCacheConfig,
                  decisions: list[TeaCacheDecision]) -> None:
         super().__init__()
         self.state_manager = state_manager
@@ -197,7 +197,7 @@ class TeaCacheBlockHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, state_manager: _ContextStateManager, is_tail: bool) -> None:
+    def __init__(self, state_manager: ContextStateManager, is_tail: bool) -> None:
         super().__init__()
         self.state_manager = state_manager
         self.is_tail = is_tail
@@ -277,7 +277,7 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaC
     if getattr(transformer, "_cache_config", None) is not None:
         raise ValueError(f"the transformer already has a diffusers cache ({type(transformer._cache_config).__name__}); "
                          "call transformer.disable_cache() first")
-    state_manager = _ContextStateManager(TeaCacheState)
+    state_manager = ContextStateManager(TeaCacheState)
     decisions: list[TeaCacheDecision] = []
     created = [m for m in (transformer, *blocks) if not hasattr(m, "_diffusers_hook")]
     root = HookRegistry.check_if_exists_or_initialize(transformer)
