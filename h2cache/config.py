@@ -23,6 +23,31 @@ class H2CacheConfig:
         independent_stage2: Ablation, off by default: stage 2 measures its own distance even when stage 1 hit,
             instead of being forced to hit.
 
+    Options that change the published algorithm. All are off by default; ``docs/BENCHMARKS.md`` measures them.
+
+    Args:
+        warmup_steps: The first ``warmup_steps`` calls of each cache context compute every block (distances
+            are still measured and references refreshed). Integer ``>= 0``.
+        max_consecutive_hits: After this many calls in a row that reused anything, the next call computes
+            every block. ``0`` means no cap. Integer ``>= 0``.
+        final_full_steps: The last ``final_full_steps`` calls of each context compute every block. Needs
+            ``num_inference_steps``, since a transformer call cannot know how many steps are left.
+            Integer ``>= 0``.
+        num_inference_steps: Steps of the pipeline calls to come; only read by ``final_full_steps``.
+            ``None`` or an integer ``>= 1``.
+        skip_stage2_probe_on_hit: On a stage-1 hit, skip stage 2's probe block too and add the residual of
+            the whole of stage 2 saved at the last call that ran it. A stage-1 hit then runs one block, as
+            FirstBlockCache does, instead of two. Cannot be combined with ``independent_stage2``.
+
+    Example:
+        >>> guarded = H2CacheConfig(warmup_steps=6, max_consecutive_hits=3, final_full_steps=1,
+        ...                         num_inference_steps=28)
+        >>> guarded.validate()
+        >>> H2CacheConfig(final_full_steps=1).validate()
+        Traceback (most recent call last):
+        ...
+        ValueError: H2CacheConfig.final_full_steps = 1 needs H2CacheConfig.num_inference_steps (an integer >= 1), got None
+
     Example:
         >>> H2CacheConfig(tau1=0.1, tau2=0.2).tau2
         0.2
@@ -39,10 +64,29 @@ class H2CacheConfig:
     stage_split: int | None = None
     full_residual_distance: bool = False
     independent_stage2: bool = False
+    warmup_steps: int = 0
+    max_consecutive_hits: int = 0
+    final_full_steps: int = 0
+    num_inference_steps: int | None = None
+    skip_stage2_probe_on_hit: bool = False
 
     def __setattr__(self, name: str, value) -> None:
         _validate(name, value)
         super().__setattr__(name, value)
+
+    def validate(self) -> None:
+        """Checks between fields (each field alone is checked on assignment). Raises ``ValueError``."""
+        if self.final_full_steps and self.num_inference_steps is None:
+            raise ValueError(f"H2CacheConfig.final_full_steps = {self.final_full_steps} needs "
+                             "H2CacheConfig.num_inference_steps (an integer >= 1), got None")
+        if self.skip_stage2_probe_on_hit and self.independent_stage2:
+            raise ValueError("H2CacheConfig.skip_stage2_probe_on_hit and H2CacheConfig.independent_stage2 cannot "
+                             "both be True: an independent stage 2 needs its probe to decide")
+
+    @property
+    def has_guards(self) -> bool:
+        """Whether any option forces full calls (warm-up, final steps, a cap on consecutive hits)."""
+        return bool(self.warmup_steps or self.max_consecutive_hits or self.final_full_steps)
 
 
 def _validate(name: str, value) -> None:
@@ -57,7 +101,13 @@ def _validate(name: str, value) -> None:
     elif name == "stage_split":
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ValueError(f"{where} must be None (split at half) or an integer >= 1, got {value!r}")
-    elif name in ("full_residual_distance", "independent_stage2"):
+    elif name in ("warmup_steps", "max_consecutive_hits", "final_full_steps"):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"{where} must be an integer >= 0, got {value!r}")
+    elif name == "num_inference_steps":
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"{where} must be None or an integer >= 1, got {value!r}")
+    elif name in ("full_residual_distance", "independent_stage2", "skip_stage2_probe_on_hit"):
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be True or False, got {value!r}")
     elif name not in {f.name for f in fields(H2CacheConfig)}:

@@ -13,6 +13,11 @@ closes one :class:`~h2cache.trace.StepRecord` per call. Per call:
 
 A miss refreshes the stage's reference and caches the residual the rest of the
 stage adds (last block's output minus the probe's output, both streams).
+
+Options in :class:`~h2cache.config.H2CacheConfig`, off by default, change this:
+guards that force a full call (warm-up, final steps, a cap on consecutive hits),
+and ``skip_stage2_probe_on_hit``, which on a stage-1 hit adds the whole of stage 2's
+last residual instead of running its probe.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ class _StageState:
         self.ref: torch.Tensor | None = None  # PFS thumbnail of the probe residual at the last miss
         self.residual: tuple[torch.Tensor | None, torch.Tensor | None] | None = None  # (image, text) added on a hit
         self.head_output: tuple[torch.Tensor, torch.Tensor | None] | None = None  # probe output during a miss
+        # skip_stage2_probe_on_hit only: the probe's input this call, and what the whole stage added last time.
+        self.head_input: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.through: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.hit = False
 
 
@@ -51,6 +59,8 @@ class H2CacheState(BaseState):
         self.stages = (_StageState(), _StageState())
         self.step = 0
         self.record: StepRecord | None = None
+        self.streak = 0  # calls in a row that reused anything (max_consecutive_hits)
+        self.force_full = False  # a guard makes this call compute every block
 
     def reset(self) -> None:
         self.__init__()
@@ -126,25 +136,40 @@ class H2RootHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, state_manager: ContextStateManager, trace: Trace, blocks_total: int) -> None:
+    def __init__(self, state_manager: ContextStateManager, trace: Trace, blocks_total: int,
+                 config: H2CacheConfig | None = None) -> None:
         super().__init__()
         self.state_manager = state_manager
         self.trace = trace
         self.blocks_total = blocks_total
+        self.config = config or H2CacheConfig()
         self._new_run = True
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         if self._new_run:
+            self.config.validate()  # fields may have been edited since apply_h2_cache
             self.trace.clear()
             self._new_run = False
         state = self.state_manager.get_state()
-        state.record = StepRecord(step=state.step, context=self.state_manager.context_name, blocks_total=self.blocks_total)
+        state.force_full = self._guard_forces_full(state)
+        state.record = StepRecord(step=state.step, context=self.state_manager.context_name,
+                                  blocks_total=self.blocks_total, forced_full=state.force_full)
         return args, kwargs
+
+    def _guard_forces_full(self, state: H2CacheState) -> bool:
+        cfg = self.config
+        if state.step < cfg.warmup_steps:
+            return True
+        if cfg.final_full_steps and state.step >= cfg.num_inference_steps - cfg.final_full_steps:
+            return True
+        return bool(cfg.max_consecutive_hits) and state.streak >= cfg.max_consecutive_hits
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         state = self.state_manager.get_state()
-        if state.record is not None:
-            self.trace.append(state.record)
+        record = state.record
+        if record is not None:
+            self.trace.append(record)
+            state.streak = state.streak + 1 if (record.hit1 or record.hit2) else 0
         state.record = None
         state.step += 1
         return output
@@ -176,28 +201,47 @@ class H2ProbeHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_in, encoder_in = _inputs(self._meta, args, kwargs)
-        output = self.fn_ref.original_forward(*args, **kwargs)
         state = self.state_manager.get_state()
+        stage = state.stages[self.stage]
         record = state.record
+        if record is not None and self._skips_probe(state):
+            stage.hit = True
+            record.d2, record.hit2, record.forced2 = None, True, True
+            through_hidden, through_encoder = stage.through
+            encoder = None if through_encoder is None or encoder_in is None else encoder_in + through_encoder
+            return _pack((None, None), self._meta, hidden_in + through_hidden, encoder)
+        output = self.fn_ref.original_forward(*args, **kwargs)
         if record is None:  # the block was called outside a transformer call: stay out of the way
             return output
         record.blocks_run += 1
         hidden_out, encoder_out = _streams(output, self._meta)
-        stage = state.stages[self.stage]
         distance, hit, forced = self.decide(state, hidden_in, encoder_in, hidden_out, encoder_out)
         if self.stage == 0:
             record.d1, record.hit1 = distance, hit
         else:
             record.d2, record.hit2, record.forced2 = distance, hit, forced
+        keep_through = self.stage == 1 and self.config.skip_stage2_probe_on_hit
 
         if hit:
             res_hidden, res_encoder = stage.residual
-            return _pack(output, self._meta, _add(hidden_out, res_hidden), _add(encoder_out, res_encoder))
+            hidden_out, encoder_out = _add(hidden_out, res_hidden), _add(encoder_out, res_encoder)
+            if keep_through:
+                stage.through = (hidden_out - hidden_in, _sub(encoder_out, encoder_in))
+            return _pack(output, self._meta, hidden_out, encoder_out)
         if self.is_tail:
             stage.residual = (None, None)
+            if keep_through:
+                stage.through = (hidden_out - hidden_in, _sub(encoder_out, encoder_in))
         else:
             stage.head_output = (hidden_out, encoder_out)
+            if keep_through:
+                stage.head_input = (hidden_in, encoder_in)
         return output
+
+    def _skips_probe(self, state: H2CacheState) -> bool:
+        """skip_stage2_probe_on_hit: stage 1 hit and stage 2 has a whole-stage residual to add."""
+        return (self.stage == 1 and self.config.skip_stage2_probe_on_hit and state.stages[0].hit
+                and state.stages[1].through is not None)
 
     def decide(self, state: H2CacheState, hidden_in: torch.Tensor, encoder_in: torch.Tensor | None,
                hidden_out: torch.Tensor, encoder_out: torch.Tensor | None) -> tuple[float | None, bool, bool]:
@@ -219,7 +263,7 @@ class H2ProbeHook(ModelHook):
         if stage.ref is not None and stage.residual is not None and stage.ref.shape == thumb.shape:
             distance = self._distance(stage.ref, thumb)
         tau = self.config.tau1 if self.stage == 0 else self.config.tau2
-        hit = distance is not None and distance < tau
+        hit = distance is not None and distance < tau and not state.force_full
         if not hit:
             stage.ref = thumb
         stage.hit = hit
@@ -274,6 +318,10 @@ class H2BlockHook(ModelHook):
             head_hidden, head_encoder = stage.head_output
             stage.residual = (hidden_out - head_hidden, _sub(encoder_out, head_encoder))
             stage.head_output = None
+            if stage.head_input is not None:  # skip_stage2_probe_on_hit: the whole stage's residual too
+                in_hidden, in_encoder = stage.head_input
+                stage.through = (hidden_out - in_hidden, _sub(encoder_out, in_encoder))
+                stage.head_input = None
         return output
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -360,7 +408,8 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
 
     Raises:
         TypeError: not a pipeline or module, or `config` is not an ``H2CacheConfig``.
-        ValueError: no block lists H2-Cache understands, a bad ``stage_split``, or a cache already applied.
+        ValueError: no block lists H2-Cache understands, a bad ``stage_split``, options that contradict each
+            other (:meth:`H2CacheConfig.validate`), or a cache already applied.
         On any error the model is left untouched.
 
     Example:
@@ -381,6 +430,7 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
         config = H2CacheConfig()
     if not isinstance(config, H2CacheConfig):
         raise TypeError(f"config must be an H2CacheConfig, got {type(config).__name__}")
+    config.validate()
     split = resolve_stages(transformer, config.stage_split)
     if is_h2_cache_applied(transformer):
         raise ValueError("H2-Cache is already applied to this transformer; call handle.remove() before applying it again")
@@ -394,7 +444,7 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
     trace = Trace()
     created = [m for m in (transformer, *split.stage1, *split.stage2) if not hasattr(m, "_diffusers_hook")]
     root = HookRegistry.check_if_exists_or_initialize(transformer)
-    root.register_hook(H2RootHook(state_manager, trace, split.blocks_total), _ROOT_HOOK)
+    root.register_hook(H2RootHook(state_manager, trace, split.blocks_total, config), _ROOT_HOOK)
     for index, blocks in enumerate((split.stage1, split.stage2)):
         head, rest = blocks[0], blocks[1:]
         HookRegistry.check_if_exists_or_initialize(head).register_hook(

@@ -10,7 +10,9 @@ class StepRecord:
     """One transformer call (one denoising step in one cache context).
 
     ``d1``/``d2`` are ``None`` where no distance was computed: no reference yet, or
-    stage 2 forced to hit because stage 1 hit.
+    stage 2 forced to hit because stage 1 hit. ``forced_full`` marks a call that one of
+    the optional guards (warm-up, final steps, a cap on consecutive hits) made compute
+    every block; its distances are still measured.
     """
 
     step: int
@@ -22,6 +24,7 @@ class StepRecord:
     forced2: bool = False
     blocks_run: int = 0
     blocks_total: int = 0
+    forced_full: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)

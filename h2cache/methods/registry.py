@@ -77,11 +77,17 @@ def register(method: Method) -> Method:
 
 
 register(Method("none", "uncached baseline", (), {}, _attach_none))
+_CAP = Setting("max_consecutive_hits", int, 3, 1, INF, "most transformer calls in a row that reuse anything")
+_RETAIN = Setting("retention_ratio", float, 0.2, 0.0, 1.0, "share of initial steps always computed")
 register(Method(
     "h2cache", "H2-Cache: two-stage residual reuse gated by PFS distances (this project)",
     (_TAU1, _TAU2, _POOL1, _POOL2,
      Setting("full_residual_distance", bool, False, help="ablation: unpooled distance instead of PFS"),
-     Setting("independent_stage2", bool, False, help="ablation: stage 2 decides even when stage 1 hit")),
+     Setting("independent_stage2", bool, False, help="ablation: stage 2 decides even when stage 1 hit"),
+     Setting("warmup_steps", int, 0, 0, INF, "option: first steps always computed"),
+     Setting("max_consecutive_hits", int, 0, 0, INF, "option: cap on reusing calls in a row (0: none)"),
+     Setting("final_full_steps", int, 0, 0, INF, "option: last steps always computed"),
+     Setting("skip_stage2_probe_on_hit", bool, False, help="option: a stage-1 hit runs one block, not two")),
     _H2_GRID, attach_h2cache))
 register(Method(
     "fbcache", "diffusers FirstBlockCache (transformer.enable_cache)",
@@ -111,13 +117,17 @@ register(Method(
 register(Method(
     "h2cache-independent-stage2", "ablation: H2-Cache without the forced stage-2 hit",
     (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache, fixed={"independent_stage2": True}))
-# A proposed change to the method, measured against the default (see h2_guarded.py).
+# The proposed changes to the method (H2CacheConfig options), measured against the default.
 register(Method(
     "h2cache-guarded", "proposal: H2-Cache + full compute of the first steps, the last step, and after K reusing calls",
-    (_TAU1, _TAU2, _POOL1, _POOL2,
-     Setting("max_consecutive_hits", int, 3, 1, INF, "most transformer calls in a row that reuse anything"),
-     Setting("retention_ratio", float, 0.2, 0.0, 1.0, "share of initial steps always computed")),
-    _H2_GRID, attach_h2cache_guarded))
+    (_TAU1, _TAU2, _POOL1, _POOL2, _CAP, _RETAIN), _H2_GRID, attach_h2cache_guarded))
+register(Method(
+    "h2cache-one-probe", "proposal: H2-Cache whose stage-1 hits skip stage 2's probe (one block per hit)",
+    (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache, fixed={"skip_stage2_probe_on_hit": True}))
+register(Method(
+    "h2cache-guarded-one-probe", "proposal: both changes, the guards and one probe per stage-1 hit",
+    (_TAU1, _TAU2, _POOL1, _POOL2, _CAP, _RETAIN), _H2_GRID, attach_h2cache_guarded,
+    fixed={"skip_stage2_probe_on_hit": True}))
 
 
 def list_methods() -> list[str]:

@@ -1,0 +1,131 @@
+"""H2CacheConfig's options (off by default): the guards that force full calls, and one probe per stage-1 hit.
+
+Real FluxPipeline calls on a tiny random model; real block executions are counted inside the blocks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from h2cache import H2CacheConfig, apply_h2_cache
+from test_h2cache_core import BlockCounter, run
+from tiny_models import tiny_flux_pipeline
+
+torch.set_num_threads(1)
+
+HUGE = 1e6  # every distance is below it: every call that may reuse does
+
+
+def test_defaults_leave_the_published_algorithm_alone():
+    cfg = H2CacheConfig()
+    assert (cfg.warmup_steps, cfg.max_consecutive_hits, cfg.final_full_steps, cfg.num_inference_steps,
+            cfg.skip_stage2_probe_on_hit, cfg.has_guards) == (0, 0, 0, None, False, False)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("warmup_steps", -1, "warmup_steps must be an integer >= 0"),
+    ("max_consecutive_hits", 1.5, "max_consecutive_hits must be an integer >= 0"),
+    ("final_full_steps", True, "final_full_steps must be an integer >= 0"),
+    ("num_inference_steps", 0, "num_inference_steps must be None or an integer >= 1"),
+    ("skip_stage2_probe_on_hit", 1, "skip_stage2_probe_on_hit must be True or False"),
+])
+def test_each_option_is_validated(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        H2CacheConfig(**{field: value})
+
+
+def test_contradictory_options_are_refused_before_anything_is_attached():
+    pipe = tiny_flux_pipeline()
+    with pytest.raises(ValueError, match="final_full_steps = 2 needs H2CacheConfig.num_inference_steps"):
+        apply_h2_cache(pipe, H2CacheConfig(final_full_steps=2))
+    with pytest.raises(ValueError, match="skip_stage2_probe_on_hit and H2CacheConfig.independent_stage2"):
+        apply_h2_cache(pipe, H2CacheConfig(skip_stage2_probe_on_hit=True, independent_stage2=True))
+    handle = apply_h2_cache(pipe, H2CacheConfig())  # nothing was left attached by the refusals
+    # An edit made after apply is checked when the next pipeline call starts.
+    handle.config.final_full_steps = 1
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        run(pipe)
+    handle.remove()
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0], ids=["no-cfg", "true-cfg"])
+def test_guards_force_exactly_the_calls_they_promise(cfg_scale):
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    total = 7
+    counter = BlockCounter(pipe.transformer)
+    per_call: list[int] = []
+    pipe.transformer.register_forward_hook(lambda *a: per_call.append(counter.take()))
+    steps = 10
+    cfg = H2CacheConfig(tau1=HUGE, tau2=HUGE, warmup_steps=3, max_consecutive_hits=2, final_full_steps=1,
+                        num_inference_steps=steps)
+    handle = apply_h2_cache(pipe, cfg)
+    run(pipe, num_inference_steps=steps, negative_prompt="", true_cfg_scale=cfg_scale)
+    # Per context: warm-up 0-2, then two hits, a forced call, two hits, a forced call, and the final step.
+    expected_forced = [True, True, True, False, False, True, False, False, True, True]
+    contexts = handle.trace.contexts
+    assert len(contexts) == (2 if cfg_scale > 1 else 1)
+    for context in contexts:
+        records = handle.trace.for_context(context)
+        assert [r.forced_full for r in records] == expected_forced
+        assert [r.hit1 for r in records] == [not f for f in expected_forced]
+        # Distances are still measured on forced calls (for the plots), except where no reference exists yet.
+        assert all(r.d1 is not None for r in records[1:])
+        assert [r.blocks_run for r in records] == [total if f else 2 for f in expected_forced]
+    assert per_call == [r.blocks_run for r in handle.trace]
+    handle.remove()
+
+
+def test_one_probe_per_hit_is_exact_at_zero_and_runs_one_block_per_hit():
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    baseline = run(pipe)
+    handle = apply_h2_cache(pipe, H2CacheConfig(tau1=0, tau2=0, skip_stage2_probe_on_hit=True))
+    assert torch.equal(run(pipe), baseline)
+    handle.remove()
+
+    counter = BlockCounter(pipe.transformer)
+    per_call: list[int] = []
+    pipe.transformer.register_forward_hook(lambda *a: per_call.append(counter.take()))
+    handle = apply_h2_cache(pipe, H2CacheConfig(tau1=HUGE, tau2=HUGE, skip_stage2_probe_on_hit=True))
+    run(pipe)
+    assert per_call == [7] + [1] * (len(per_call) - 1)
+    assert [r.blocks_run for r in handle.trace] == per_call
+    assert all(r.hit1 and r.hit2 and r.forced2 and r.d2 is None for r in handle.trace[1:])
+    handle.remove()
+
+
+def test_one_probe_per_hit_adds_what_the_whole_detail_stage_added_last_time():
+    """On a stage-1 hit, stage 2's output is its input plus (output - input) of the last call that ran
+    stage 2's probe, whether that call computed stage 2 or reused its tail."""
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    singles = pipe.transformer.single_transformer_blocks
+    probe = apply_h2_cache(pipe, H2CacheConfig(tau1=0, tau2=0))
+    run(pipe, num_inference_steps=10)
+    d1s = sorted(r.d1 for r in probe.trace if r.d1 is not None)
+    d2s = sorted(r.d2 for r in probe.trace if r.d2 is not None)
+    probe.remove()
+
+    calls: list[dict] = []
+    pipe.transformer.register_forward_pre_hook(lambda *a: calls.append({}))
+    singles[0].register_forward_pre_hook(
+        lambda m, a, kw: calls[-1].update(inp=(kw["hidden_states"], kw["encoder_hidden_states"])), with_kwargs=True)
+    singles[-1].register_forward_hook(lambda m, a, out: calls[-1].update(out=(out[1], out[0])))
+    cfg = H2CacheConfig(tau1=d1s[len(d1s) // 2] * 1.5, tau2=d2s[len(d2s) // 2] * 1.5, skip_stage2_probe_on_hit=True)
+    handle = apply_h2_cache(pipe, cfg)
+    run(pipe, num_inference_steps=10)
+    records = list(handle.trace)
+    assert len(records) == len(calls) == 10
+
+    through = None
+    kinds = set()
+    for record, call in zip(records, calls):
+        (in_h, in_e), (out_h, out_e) = call["inp"], call["out"]
+        if record.hit1:
+            kinds.add("skipped")
+            assert record.blocks_run == 1 and record.forced2
+            torch.testing.assert_close(out_h, in_h + through[0])
+            torch.testing.assert_close(out_e, in_e + through[1])
+        else:
+            kinds.add("stage-2 reused" if record.hit2 else "computed")
+            through = (out_h - in_h, out_e - in_e)
+    assert "skipped" in kinds and len(kinds) >= 2, kinds
