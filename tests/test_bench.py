@@ -220,4 +220,8 @@ def test_flux_scale_check_pins_block_patterns_and_exactness(tmp_path):
     assert rows["h2cache, stage-2 reuse only"]["blocks_share"] == pytest.approx(share(double + 1))
     assert rows["h2cache, full reuse"]["blocks_share"] == pytest.approx(share(2))
     assert rows["fbcache, full reuse"]["blocks_share"] == pytest.approx(share(1))
+    assert rows["h2cache one probe (option), full reuse"]["blocks_share"] == pytest.approx(share(1))
+    # Guards at 5 steps: call 0 computes (ceil(0.2 * 5) = 1 warm-up step), 1-3 reuse (cap 3), 4 is the last.
+    guarded = (2 * blocks + 3 * 2) / (blocks * steps)
+    assert rows["h2cache guarded (options), full reuse"]["blocks_share"] == pytest.approx(guarded)
     assert "| h2cache, full reuse |" in (tmp_path / "result.md").read_text()

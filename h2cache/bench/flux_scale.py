@@ -8,7 +8,9 @@ two questions that need FLUX.1's shapes but not its weights:
    reproduce the uncached latents bit for bit at this scale?
 2. How much of a block saving becomes wall time? Thresholds so large that every call after the first
    reuses pin the block pattern down whatever the weights; ``h2cache`` with only ``tau2`` large shows
-   stage-2-only reuse (the first 19 + 1 blocks run).
+   stage-2-only reuse (the first 19 + 1 blocks run). The options ``skip_stage2_probe_on_hit`` (one block
+   per hit) and the guards of ``h2cache-guarded`` (first 20% of steps, the last step, and every 4th call
+   computed) show their own ceilings.
 
 Random weights make the natural hit pattern meaningless, so no realistic threshold is run here; quality
 and speed at real thresholds need the real weights (``python -m h2cache.bench --model ...``).
@@ -51,6 +53,9 @@ VARIANTS: tuple[tuple[str, str, dict[str, float]], ...] = (
     ("h2cache, tau1 = tau2 = 0 (hooks only)", "h2cache", {"tau1": 0.0, "tau2": 0.0}),
     ("h2cache, stage-2 reuse only", "h2cache", {"tau1": 0.0, "tau2": HUGE}),
     ("h2cache, full reuse", "h2cache", {"tau1": HUGE, "tau2": HUGE}),
+    ("h2cache one probe (option), full reuse", "h2cache", {"tau1": HUGE, "tau2": HUGE,
+                                                            "skip_stage2_probe_on_hit": True}),
+    ("h2cache guarded (options), full reuse", "h2cache-guarded", {"tau1": HUGE, "tau2": HUGE}),
     ("fbcache, threshold 0 (hooks only)", "fbcache", {"threshold": 0.0}),
     ("fbcache, full reuse", "fbcache", {"threshold": HUGE}),
 )
