@@ -99,6 +99,15 @@ def test_matched_comparison_pairs_equal_compute():
     # interpolated at share 0.5 between (0.1, mse 5) and (0.9, mse 0.5): mse 2.75 > 1.0
     assert matched["teacache"]["verdict_interpolated"] in ("H2-Cache better", "mixed")
 
+    # Same decisions, residuals added in another order: a hair's difference is a tie, not a win.
+    hair = [point("h2cache-one-probe", 0.6, 1.0, 0.9986), point("fbcache", 0.6, 1.0001, 0.99859)]
+    assert matched_comparison(hair, ("fbcache",), 0.05)[0]["verdict"] == "tie"
+    # 0.1 dB and 0.001 SSIM better is a win; worse on one of them is mixed.
+    clear = [point("h2cache", 0.6, 1.0, 0.9986), point("fbcache", 0.6, 1.0233, 0.9976)]
+    assert matched_comparison(clear, ("fbcache",), 0.05)[0]["verdict"] == "H2-Cache better"
+    split = [point("h2cache", 0.6, 1.0, 0.9966), point("fbcache", 0.6, 1.0233, 0.9976)]
+    assert matched_comparison(split, ("fbcache",), 0.05)[0]["verdict"] == "mixed"
+
 
 def test_tiny_benchmark_writes_everything_and_reproduces(tiny_model_dir, prompts_file, tmp_path):
     from h2cache.bench import main
