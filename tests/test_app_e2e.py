@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from h2cache.config import H2CacheConfig
 from h2cache.metrics import psnr as psnr_of
 
 from ui.callbacks import OUTPUT_FIELDS
@@ -20,6 +21,7 @@ gradio_client = pytest.importorskip("gradio_client")
 # State outputs stay on the server; the client receives every other output.
 CLIENT_FIELDS = [f for f in OUTPUT_FIELDS if f != "scrub_state"]
 PROMPT = "a small yellow triangle at the top left on a checkered purple background"
+OPTIONS = ("warmup_steps", "max_consecutive_hits", "final_full_steps", "skip_stage2_probe_on_hit")
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +30,9 @@ def client(app_server):
 
 
 def call(client, prompt=PROMPT, model="embedded", seed=0, steps=8, width=64, height=64, tau1=0.0, tau2=0.0,
-         pool1=2048, pool2=384, job=False):
-    args = (prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2)
+         pool1=2048, pool2=384, options=(), job=False):
+    """The ten inputs the endpoint has always had, then `options` (values of OPTIONS, in order) if given."""
+    args = (prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2, *options)
     if job:
         return client.submit(*args, api_name="/generate")
     return dict(zip(CLIENT_FIELDS, client.predict(*args, api_name="/generate")))
@@ -94,6 +97,44 @@ def test_cached_run_images_plots_and_metrics_agree(client):
     assert details["blocks_share"] < 1.0
 
 
+def test_the_readme_ten_argument_call_still_works_with_the_options_off(client):
+    # Exactly the README's example: existing callers send only the first ten inputs.
+    out = dict(zip(CLIENT_FIELDS, client.predict(
+        "a large red circle at the center on a striped blue background", "embedded", 0, 28, 64, 64,
+        0.15, 0.22, 2048, 384, api_name="/generate")))
+    details, off = out["details"], H2CacheConfig()
+    for name in OPTIONS:
+        assert details["request"][name] == details["config"][name] == getattr(off, name)
+    assert details["config"]["num_inference_steps"] == 28
+    assert details["hits"]["forced_full"] == 0 and rows(out)["Calls forced full by a guard"][1] == f"0/{len(details['trace'])}"
+
+
+def test_the_options_are_api_parameters_with_the_librarys_defaults(client):
+    parameters = client.view_api(return_format="dict")["named_endpoints"]["/generate"]["parameters"]
+    assert [p["parameter_name"] for p in parameters][-len(OPTIONS):] == list(OPTIONS)
+    for p in parameters[-len(OPTIONS):]:
+        assert p["parameter_has_default"] and p["parameter_default"] == getattr(H2CacheConfig(), p["parameter_name"])
+
+
+def test_the_options_reach_the_cache(client):
+    # By name, as the README documents: warm-up 2, a cap of 2 reusing calls, the last step full, one probe per hit.
+    out = dict(zip(CLIENT_FIELDS, client.predict(
+        PROMPT, "embedded", 5, 8, 64, 64, 1.0, 1.0, 2048, 384, warmup_steps=2, max_consecutive_hits=2,
+        final_full_steps=1, skip_stage2_probe_on_hit=True, api_name="/generate")))
+    details = out["details"]
+    assert [details["request"][name] for name in OPTIONS] == [2, 2, 1, True]
+    assert details["config"]["num_inference_steps"] == 8
+    trace = details["trace"]
+    for context in {r["context"] for r in trace}:
+        forced = [r["forced_full"] for r in trace if r["context"] == context]
+        assert forced[:2] == [True, True] and forced[-1]
+    assert all(r["blocks_run"] == r["blocks_total"] for r in trace if r["forced_full"])
+    hits = [r for r in trace if r["hit1"]]
+    assert hits and all(r["blocks_run"] == 1 for r in hits), "one probe per stage-1 hit"
+    count = sum(r["forced_full"] for r in trace)
+    assert details["hits"]["forced_full"] == count and rows(out)["Calls forced full by a guard"][1] == f"{count}/{len(trace)}"
+
+
 @pytest.mark.parametrize("overrides, field", [
     ({"prompt": ""}, "prompt"),
     ({"model": "/etc"}, "model"),
@@ -103,6 +144,10 @@ def test_cached_run_images_plots_and_metrics_agree(client):
     ({"tau1": -1.0}, "tau1"),
     ({"tau2": 7.0}, "tau2"),
     ({"pool1": 0}, "pool_size_stage1"),
+    ({"options": (9, 0, 0, False)}, "warmup_steps"),
+    ({"options": (0, 101, 0, False)}, "max_consecutive_hits"),
+    ({"options": (0, 0, -1, False)}, "final_full_steps"),
+    ({"options": (0, 0, 0, "yes")}, "skip_stage2_probe_on_hit"),
 ])
 def test_bad_inputs_return_errors_and_the_server_keeps_answering(client, app_server, overrides, field):
     with pytest.raises(Exception) as error:

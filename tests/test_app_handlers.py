@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import pickle
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 import h2cache
 import h2cache.pipelines
+from h2cache.config import H2CacheConfig
 from h2cache.metrics import compare_images, lpips_availability
 from h2cache.trace import StepRecord
 
@@ -22,13 +24,15 @@ from ui.difference import difference_map
 from ui.gpu import on_gpu
 from ui.metrics_table import format_lpips, format_psnr, format_ssim
 from ui.models import ModelRegistry
+from ui.plots.distances import GUARD_LABEL
 from ui.server_address import server_address
 from ui.settings import SettingsError, load_settings
-from ui.trace_view import computed_mask, shown_context
+from ui.trace_view import computed_mask, decision_text, guard_forced, shown_context
 from ui.validation import INPUT_FIELDS, make_validator
 
 PROMPT = "a large red circle at the center on a striped blue background"
 STEPS = 10
+OPTIONS = ("warmup_steps", "max_consecutive_hits", "final_full_steps", "skip_stage2_probe_on_hit")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,8 @@ def generate(settings, registry):
 
 def request(**overrides):
     values = dict(prompt=PROMPT, model="embedded", seed=0, steps=STEPS, width=64, height=64, tau1=0.0, tau2=0.0,
-                  pool_size_stage1=2048, pool_size_stage2=384)
+                  pool_size_stage1=2048, pool_size_stage2=384, warmup_steps=0, max_consecutive_hits=0,
+                  final_full_steps=0, skip_stage2_probe_on_hit=False)
     values.update(overrides)
     return [values[name] for name in INPUT_FIELDS]
 
@@ -176,6 +181,15 @@ def test_scrubber_shows_each_runs_prediction_per_step(cached):
     ("tau2", "abc", "tau2 must be a number from 0 to 1"),
     ("pool_size_stage1", 0, "pool_size_stage1 must be a whole number from 1 to 65536"),
     ("pool_size_stage2", 1.5, "pool_size_stage2 must be a whole number from 1 to 65536"),
+    ("warmup_steps", -1, f"warmup_steps must be a whole number from 0 to {STEPS}, got -1"),
+    ("warmup_steps", STEPS + 1, f"warmup_steps must be a whole number from 0 to {STEPS}, got {STEPS + 1}"),
+    ("final_full_steps", STEPS + 1, f"final_full_steps must be a whole number from 0 to {STEPS}, got {STEPS + 1}"),
+    ("final_full_steps", 0.5, f"final_full_steps must be a whole number from 0 to {STEPS}, got 0.5"),
+    ("max_consecutive_hits", -1, "max_consecutive_hits must be a whole number from 0 to 100, got -1"),
+    ("max_consecutive_hits", 101, "max_consecutive_hits must be a whole number from 0 to 100, got 101"),
+    ("max_consecutive_hits", "many", "max_consecutive_hits must be a whole number from 0 to 100, got 'many'"),
+    ("skip_stage2_probe_on_hit", "false", "skip_stage2_probe_on_hit must be true or false, got 'false'"),
+    ("skip_stage2_probe_on_hit", 1, "skip_stage2_probe_on_hit must be true or false, got 1"),
 ])
 def test_bad_inputs_are_rejected_naming_field_and_range(generate, settings, field, value, expected):
     with pytest.raises(gr.Error) as error:
@@ -184,6 +198,89 @@ def test_bad_inputs_are_rejected_naming_field_and_range(generate, settings, fiel
     verdicts = make_validator(settings, ["embedded"])(*request(**{field: value}))
     failed = [name for name, v in zip(INPUT_FIELDS, verdicts) if not v["is_valid"]]
     assert failed == [field]
+
+
+def test_step_bounded_options_follow_the_step_count(settings):
+    validate = make_validator(settings, ["embedded"])
+
+    def failed(**overrides):
+        return {name: v["message"] for name, v in zip(INPUT_FIELDS, validate(*request(**overrides))) if not v["is_valid"]}
+
+    assert failed(steps=4, warmup_steps=4, final_full_steps=4) == {}
+    assert failed(steps=4, warmup_steps=5) == {"warmup_steps": "warmup_steps must be a whole number from 0 to 4, got 5"}
+    # With a bad step count there is no range to check against: only the step count is reported.
+    assert list(failed(steps=0, warmup_steps=5, final_full_steps=5)) == ["steps"]
+
+
+def test_ten_positional_arguments_still_run_with_the_options_off(generate):
+    out = dict(zip(OUTPUT_FIELDS, generate(*request(steps=3)[:10])))
+    config = out["details"]["config"]
+    for name in OPTIONS:
+        assert out["details"]["request"][name] == config[name] == getattr(H2CacheConfig(), name)
+    assert config["num_inference_steps"] == 3  # so that final full steps can count back from the end
+    assert np.array_equal(out["baseline_image"], out["cached_image"])
+
+
+def test_warm_up_over_every_step_computes_everything_and_matches_the_baseline(generate, cached):
+    out = run(generate, tau1=1.0, tau2=1.0, seed=3, warmup_steps=STEPS)
+    assert cached["details"]["blocks_share"] < 1.0, "the same request without warm-up must reuse something"
+    assert np.array_equal(out["baseline_image"], out["cached_image"])
+    calls = len(out["details"]["trace"])
+    assert all(r["forced_full"] for r in out["details"]["trace"])
+    assert out["details"]["blocks_share"] == 1.0 and out["details"]["hits"]["forced_full"] == calls
+    rows = table(out)
+    assert rows["Blocks executed"][1].startswith("100.0%")
+    assert rows["Calls forced full by a guard"] == ["—", f"{calls}/{calls}"]
+    assert table(cached)["Calls forced full by a guard"] == ["—", f"0/{calls}"]
+    assert out["details"]["config"]["warmup_steps"] == STEPS
+    for key in ("stage1_plot", "stage2_plot"):
+        legend = " ".join(t.get_text() for t in out[key].legends[0].get_texts())
+        assert f"{GUARD_LABEL}: {STEPS}" in legend and "miss" not in legend
+    cells = out["compute_map"].axes[0].get_images()[0].get_array()
+    assert (cells == 2).all(), "every cell is computed because a guard forced it"
+    compute_legend = [t.get_text() for t in out["compute_map"].axes[0].get_legend().get_texts()]
+    assert f"{GUARD_LABEL}: {STEPS} steps" in compute_legend
+    assert set(out["scrub_state"]["decisions"]) == {"computed everything (forced by a guard)"}
+
+
+def test_guards_force_the_calls_they_promise(generate):
+    out = run(generate, tau1=1.0, tau2=1.0, seed=3, warmup_steps=2, max_consecutive_hits=2, final_full_steps=1)
+    trace = [StepRecord(**r) for r in out["details"]["trace"]]
+    for context in {r.context for r in trace}:
+        records = [r for r in trace if r.context == context]
+        assert [r.forced_full for r in records][:2] == [True, True] and records[-1].forced_full
+        streak = 0
+        for record in records:
+            streak = streak + 1 if (record.hit1 or record.hit2) else 0
+            assert streak <= 2, "never more than max_consecutive_hits reusing calls in a row"
+    forced = [r for r in trace if r.forced_full]
+    assert all(not (r.hit1 or r.hit2) and r.blocks_run == r.blocks_total for r in forced)
+    assert any(r.hit1 or r.hit2 for r in trace), "between the guards, calls still reuse"
+    assert table(out)["Calls forced full by a guard"][1] == f"{len(forced)}/{len(trace)}"
+    shown = [r for r in trace if r.context == trace[0].context]
+    cells = out["compute_map"].axes[0].get_images()[0].get_array()
+    assert [bool((column == 2).all()) for column in cells.T] == [r.forced_full for r in shown]
+    assert not (cells[:, ~guard_forced(shown)] == 2).any()
+
+
+def test_one_probe_per_hit_runs_fewer_blocks(generate, cached, registry):
+    out = run(generate, tau1=1.0, tau2=1.0, seed=3, skip_stage2_probe_on_hit=True)
+    trace = [StepRecord(**r) for r in out["details"]["trace"]]
+    ran = sum(r.blocks_run for r in trace)
+    assert ran < sum(r["blocks_run"] for r in cached["details"]["trace"])
+    hits = [r for r in trace if r.hit1]
+    assert hits and all(r.blocks_run == 1 for r in hits)
+    assert out["details"]["config"]["skip_stage2_probe_on_hit"] is True
+    split = h2cache.resolve_stages(registry.get("embedded").transformer)
+    mask = computed_mask(trace, len(split.stage1), len(split.stage2))
+    assert mask.sum(axis=0).tolist() == [r.blocks_run for r in trace]
+    assert "only the stage-1 probe block ran" in " ".join(out["scrub_state"]["decisions"])
+
+
+def test_options_come_last_and_default_to_the_librarys(generate):
+    assert INPUT_FIELDS[-len(OPTIONS):] == OPTIONS  # after the ten inputs existing API callers send
+    parameters = inspect.signature(generate).parameters
+    assert {name: parameters[name].default for name in OPTIONS} == {name: getattr(H2CacheConfig(), name) for name in OPTIONS}
 
 
 def test_a_failed_run_leaves_the_next_request_working(generate, registry):
@@ -236,6 +333,7 @@ def test_space_yaml_is_read_and_checked(settings, tmp_path):
     embedded = settings.model("embedded")
     assert (embedded.min_size, embedded.max_size, embedded.size_multiple) == (32, 128, 16)
     assert (embedded.default_size, embedded.default_steps) == (64, 28)  # from h2cache.generation_defaults
+    assert settings.limits.max_consecutive_hits_max == 100
     broken = tmp_path / "space.yaml"
     broken.write_text("limits: {prompt_max_chars: 10}\ndefaults: {model: embedded, prompt: x}\n"
                       "models: [{key: embedded, sizes: {min: 32, max: 128}, steps: {max: 100}}]\n")
@@ -304,5 +402,12 @@ def test_computed_mask_follows_the_h2cache_rules():
     assert mask[:, 0].all()
     assert mask[:, 1].tolist() == [True, False, True, False, False]
     assert mask[:, 2].tolist() == [True, True, True, False, False]
+    # One probe per stage-1 hit: stage 2's probe is reused too; a guard-forced call computes everything.
+    skipped = StepRecord(3, "cond", hit1=True, hit2=True, forced2=True, blocks_run=1)
+    forced = StepRecord(4, "cond", d1=0.01, d2=0.01, forced_full=True, blocks_run=5)
+    mask = computed_mask([skipped, forced], 2, 3)
+    assert mask[:, 0].tolist() == [True, False, False, False, False] and mask[:, 1].all()
+    assert guard_forced(records + [skipped, forced]).tolist() == [False, False, False, False, True]
+    assert decision_text(forced) == "computed everything (forced by a guard)"
     two = h2cache.Trace([StepRecord(0, "cond"), StepRecord(0, "uncond")])
     assert shown_context(two) == ("cond", "context 'cond' ('uncond' not shown)")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ui.browser import CHROMIUM, launch_chromium, run_comparison_in_page
+from ui.browser import CHROMIUM, launch_chromium, run_comparison_in_page, set_number
 
 sync_api = pytest.importorskip("playwright.sync_api")
 # CI installs Chromium (.ci/run), so there a missing browser is a failure, not a skip.
@@ -35,7 +35,7 @@ def test_prompt_generate_shows_both_images_and_the_metrics_table(page, app_serve
         src = page.locator(f"#{elem_id} img").get_attribute("src")
         assert src and src.endswith(".png"), f"{elem_id} should show a PNG, got {src}"
     metrics = page.locator("#metrics")
-    for label in ("Wall time", "Speedup", "Blocks executed", "Stage-1 hits", "PSNR vs baseline", "SSIM vs baseline", "LPIPS"):
+    for label in ("Wall time", "Speedup", "Blocks executed", "Stage-1 hits", "Calls forced full by a guard", "PSNR vs baseline", "SSIM vs baseline", "LPIPS"):
         assert metrics.get_by_text(label).count() >= 1, f"metrics table lacks {label!r}"
     assert page.locator("#summary").inner_text().startswith("H2-Cache ran")
     assert page.locator("#stage1-plot img").count() == 1 and page.locator("#compute-map img").count() == 1
@@ -50,3 +50,15 @@ def test_bad_input_shows_an_error_and_the_page_still_works(page, app_server):
     page.get_by_text("prompt must not be empty").first.wait_for(timeout=60_000)
     run_comparison_in_page(page, app_server.url, PROMPT, steps=4)
     assert page.get_by_text("Step 4/4").count() == 1
+
+
+def test_advanced_options_are_in_the_page_and_checked_against_the_step_count(page, app_server):
+    page.goto(app_server.url, wait_until="domcontentloaded")
+    page.get_by_text("Advanced", exact=True).click()
+    for elem_id in ("warmup-steps", "max-consecutive-hits", "final-full-steps"):
+        assert page.locator(f"#{elem_id} input[type=number]").input_value() == "0"  # off by default
+    assert not page.locator("#skip-stage2-probe input[type=checkbox]").is_checked()
+    set_number(page, "steps", 4)
+    set_number(page, "warmup-steps", 9)
+    page.locator("#generate").click()
+    page.get_by_text("warmup_steps must be a whole number from 0 to 4, got 9").first.wait_for(timeout=60_000)

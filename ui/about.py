@@ -16,6 +16,11 @@ stage is skipped and the residual it added last time is added again. When stage 
 stage 2 is reused as well without measuring (a *forced* hit), so such a step costs only the two
 probe blocks.
 
+**Options (under Advanced, off by default).** Three *guards* make a step compute every block
+whatever the distances say: the first steps (warm-up), the last steps, and the step after a run
+of reusing steps (a cap on consecutive hits). The plots mark these steps as forced by a guard.
+*One probe per stage-1 hit* skips stage 2's probe as well, so a reused step costs one block.
+
 **The trade-off.** Larger thresholds reuse more and run faster, but the image drifts further from
 the uncached baseline. With both thresholds at 0 nothing is reused and the two images are
 identical. The plots below show every decision; the step scrubber shows where the cached run

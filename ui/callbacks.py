@@ -24,7 +24,7 @@ from .plots.compute_map import compute_map_figure
 from .plots.distances import distance_figure
 from .scrubber import scrubber_state, step_view
 from .settings import AppSettings
-from .trace_view import computed_mask, shown_context
+from .trace_view import computed_mask, guard_forced, shown_context
 from .validation import ComparisonRequest, validate_request
 
 log = logging.getLogger("h2cache.app")
@@ -75,7 +75,7 @@ def build_outputs(request: ComparisonRequest, result: JobResult, registry: Model
         metrics=metrics_rows(comparison, quality),
         stage1_plot=distance_figure(records, 1, comparison.config.tau1, note),
         stage2_plot=distance_figure(records, 2, comparison.config.tau2, note),
-        compute_map=compute_map_figure(computed_mask(records, *split), split[0], note),
+        compute_map=compute_map_figure(computed_mask(records, *split), split[0], note, guard_forced(records)),
         scrub_step=gr.Slider(minimum=1, maximum=request.steps, value=request.steps, step=1, interactive=True),
         preview_baseline=preview_b,
         preview_cached=preview_c,
@@ -97,11 +97,18 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
 
     def generate(prompt: str, model: str, seed: float, steps: float, width: float, height: float,
                  tau1: float, tau2: float, pool_size_stage1: float, pool_size_stage2: float,
+                 warmup_steps: float = 0, max_consecutive_hits: float = 0, final_full_steps: float = 0,
+                 skip_stage2_probe_on_hit: bool = False,
                  progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
-        """Run the uncached baseline and H2-Cache with the same prompt and seed, and compare them."""
+        """Run the uncached baseline and H2-Cache with the same prompt and seed, and compare them.
+
+        The four H2CacheConfig options default to off (as in the library), so ten-argument calls still work.
+        """
         request = validate_request(settings, registry.keys, {
             "prompt": prompt, "model": model, "seed": seed, "steps": steps, "width": width, "height": height,
             "tau1": tau1, "tau2": tau2, "pool_size_stage1": pool_size_stage1, "pool_size_stage2": pool_size_stage2,
+            "warmup_steps": warmup_steps, "max_consecutive_hits": max_consecutive_hits,
+            "final_full_steps": final_full_steps, "skip_stage2_probe_on_hit": skip_stage2_probe_on_hit,
         })
 
         try:

@@ -28,7 +28,8 @@ def comparison_details(request: ComparisonRequest, comparison: Comparison, quali
         "seconds": {"baseline": comparison.baseline.seconds, "h2cache": comparison.cached.seconds},
         "speedup": comparison.speedup,
         "blocks_share": trace.blocks_share(),
-        "hits": {"stage1": hits1, "stage2": hits2, "stage2_forced": sum(r.forced2 for r in trace), "calls": len(trace)},
+        "hits": {"stage1": hits1, "stage2": hits2, "stage2_forced": sum(r.forced2 for r in trace), "calls": len(trace),
+                 "forced_full": sum(r.forced_full for r in trace)},
         "quality": {
             "psnr": _finite_or_text(quality["psnr"]),
             "ssim": quality["ssim"],

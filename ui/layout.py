@@ -6,6 +6,7 @@ from typing import Any
 
 import gradio as gr
 
+from h2cache import H2CacheConfig
 from h2cache.pipelines import EMBEDDED
 
 from .about import about_markdown
@@ -28,6 +29,28 @@ def _image(label: str, elem_id: str) -> gr.Image:
     # PNG, not Gradio's default WebP: what you see is what was generated, pixel for pixel.
     return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=elem_id,
                     elem_classes=["pixelated", "upscaled"], height=IMAGE_HEIGHT, buttons=["download", "fullscreen"])
+
+
+def _option_inputs(max_hits_cap: int) -> list[gr.components.Component]:
+    """H2CacheConfig's options beyond the published algorithm, off by default as in the library.
+
+    In INPUT_FIELDS order: warm-up steps, max consecutive hits, final full steps, one probe per hit.
+    The step-count bounds are checked on Generate (ui/validation.py), since the step count can change.
+    """
+    off = H2CacheConfig()
+    gr.Markdown("Options beyond the published algorithm (off by default):")
+    with gr.Row():
+        warmup = gr.Number(label="Warm-up steps", value=off.warmup_steps, precision=0, minimum=0,
+                           elem_id="warmup-steps", info="The first N steps compute every block (0 = off)")
+        final = gr.Number(label="Final full steps", value=off.final_full_steps, precision=0, minimum=0,
+                          elem_id="final-full-steps", info="The last N steps compute every block (0 = off)")
+    max_hits = gr.Number(label="Max consecutive hits", value=off.max_consecutive_hits, precision=0, minimum=0,
+                         maximum=max_hits_cap, elem_id="max-consecutive-hits",
+                         info="After N steps in a row that reused anything, the next computes every block (0 = no cap)")
+    one_probe = gr.Checkbox(label="One probe per stage-1 hit", value=off.skip_stage2_probe_on_hit,
+                            elem_id="skip-stage2-probe",
+                            info="A step that reuses stage 1 skips stage 2's probe too: 1 block instead of 2")
+    return [warmup, max_hits, final, one_probe]
 
 
 def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
@@ -63,6 +86,7 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                                       info="Pooling kernel k = max(1, tokens // pool size)")
                     pool2 = gr.Number(label="PFS pool size, stage 2", value=defaults.pool_size_stage2, precision=0,
                                       minimum=limits.pool_size_min, maximum=limits.pool_size_max, elem_id="pool2")
+                    options = _option_inputs(limits.max_consecutive_hits_max)
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2, min_width=480):
                 c["summary"] = gr.Markdown("Press **Generate** to compare.", label="Summary", elem_id="summary")
@@ -102,7 +126,7 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
             gr.Markdown(about_markdown(spec.label, registry.stage_split(registry.default_key)))
         c["scrub_state"] = gr.State()
 
-        inputs = [prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2]  # INPUT_FIELDS order
+        inputs = [prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2, *options]  # INPUT_FIELDS order
         gr.on(
             triggers=[generate_button.click, prompt.submit],
             fn=make_generate(settings, registry),

@@ -31,6 +31,7 @@ def metrics_rows(comparison: Comparison, quality: dict[str, Any]) -> list[list[s
     ran = sum(r.blocks_run for r in trace)
     hits1, hits2 = trace.hits()
     forced = sum(r.forced2 for r in trace)
+    guarded = sum(r.forced_full for r in trace)
     base_s, cached_s = comparison.baseline.seconds, comparison.cached.seconds
     return [
         ["Wall time", f"{base_s:.2f} s", f"{cached_s:.2f} s"],
@@ -38,6 +39,8 @@ def metrics_rows(comparison: Comparison, quality: dict[str, Any]) -> list[list[s
         ["Blocks executed", f"100% ({total}/{total})", f"{trace.blocks_share():.1%} ({ran}/{total})"],
         ["Stage-1 hits (structure)", "—", f"{hits1}/{calls}"],
         ["Stage-2 hits (detail)", "—", f"{hits2}/{calls} ({forced} forced)"],
+        # Warm-up, final steps and the hit cap (Advanced); 0 when they are off.
+        ["Calls forced full by a guard", "—", f"{guarded}/{calls}"],
         ["PSNR vs baseline", "reference", format_psnr(quality["psnr"])],
         ["SSIM vs baseline", "reference", format_ssim(quality["ssim"])],
         ["LPIPS (AlexNet) vs baseline", "reference", format_lpips(quality["lpips"], quality.get("lpips_reason"))],

@@ -59,6 +59,7 @@ class Limits:
     pool_size_min: int
     pool_size_max: int
     seed_max: int
+    max_consecutive_hits_max: int
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
         pool_size_min=_get(limits_raw, "pool_size_min", int, "limits", 1),
         pool_size_max=_get(limits_raw, "pool_size_max", int, "limits"),
         seed_max=_get(limits_raw, "seed_max", int, "limits", 2**32 - 1),
+        max_consecutive_hits_max=_get(limits_raw, "max_consecutive_hits_max", int, "limits", 100),
     )
     defaults = Defaults(
         model=_get(defaults_raw, "model", str, "defaults"),

@@ -24,24 +24,45 @@ def computed_mask(records: list[StepRecord], stage1_blocks: int, stage2_blocks: 
     """Boolean (blocks, steps): True where a block was computed, False where its output was reused.
 
     Follows the H2-Cache rules: a stage-1 hit runs only the two probes (the first block of each
-    stage); a stage-1 miss with a stage-2 hit runs all of stage 1 and the stage-2 probe; a double
-    miss runs everything.
+    stage), or only stage 1's with ``skip_stage2_probe_on_hit``; a stage-1 miss with a stage-2 hit
+    runs all of stage 1 and the stage-2 probe; a double miss (guard-forced calls included) runs
+    everything.
     """
     mask = np.ones((stage1_blocks + stage2_blocks, len(records)), dtype=bool)
     for column, record in enumerate(records):
         if record.hit1:
             mask[1:stage1_blocks, column] = False
+        if stage2_probe_skipped(record):
+            mask[stage1_blocks, column] = False
         if record.hit1 or record.hit2:
             mask[stage1_blocks + 1:, column] = False
     return mask
 
 
+def stage2_probe_skipped(record: StepRecord) -> bool:
+    """A stage-1 hit that skipped stage 2's probe too (skip_stage2_probe_on_hit).
+
+    The record has no flag of its own for it (d2 is None and forced2 True either way), so the block
+    count tells: such a hit runs one block, the stage-1 probe, where an ordinary one runs two.
+    """
+    return record.hit1 and record.blocks_run == 1
+
+
+def guard_forced(records: list[StepRecord]) -> np.ndarray:
+    """Boolean (steps,): True where a guard (warm-up, final steps, hit cap) forced a full computation."""
+    return np.array([r.forced_full for r in records], dtype=bool)
+
+
 def decision_text(record: StepRecord) -> str:
     """One line on what the cached run did at this step."""
+    if stage2_probe_skipped(record):
+        return "reused stage 1 and (forced) stage 2: only the stage-1 probe block ran"
     if record.hit1:
         return "reused stage 1 and (forced) stage 2: only the 2 probe blocks ran"
     if record.hit2:
         return "computed stage 1, reused stage 2"
+    if record.forced_full:
+        return "computed everything (forced by a guard)"
     if record.d1 is None:
         return "computed everything (no reference yet)"
     return "computed everything"

@@ -18,8 +18,10 @@ from h2cache import H2CacheConfig
 from .settings import AppSettings
 
 # Order of the generate endpoint's inputs; the validator returns one gr.validate per entry.
+# The H2CacheConfig options come last, so API callers that send only the first ten still work.
 INPUT_FIELDS = ("prompt", "model", "seed", "steps", "width", "height", "tau1", "tau2",
-                "pool_size_stage1", "pool_size_stage2")
+                "pool_size_stage1", "pool_size_stage2",
+                "warmup_steps", "max_consecutive_hits", "final_full_steps", "skip_stage2_probe_on_hit")
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,17 @@ class ComparisonRequest:
     tau2: float
     pool_size_stage1: int
     pool_size_stage2: int
+    warmup_steps: int
+    max_consecutive_hits: int
+    final_full_steps: int
+    skip_stage2_probe_on_hit: bool
 
     def config(self) -> H2CacheConfig:
+        # num_inference_steps is what final_full_steps counts back from; it changes nothing else.
         return H2CacheConfig(tau1=self.tau1, tau2=self.tau2, pool_size_stage1=self.pool_size_stage1,
-                             pool_size_stage2=self.pool_size_stage2)
+                             pool_size_stage2=self.pool_size_stage2, warmup_steps=self.warmup_steps,
+                             max_consecutive_hits=self.max_consecutive_hits, final_full_steps=self.final_full_steps,
+                             num_inference_steps=self.steps, skip_stage2_probe_on_hit=self.skip_stage2_probe_on_hit)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +97,14 @@ def _real(value: Any, field: str, low: float, high: float, problems: dict[str, s
     return number
 
 
+def _flag(value: Any, field: str, problems: dict[str, str]) -> bool | None:
+    # Only real booleans: a raw API payload of "false" must not quietly read as True.
+    if not isinstance(value, bool):
+        problems[field] = f"{field} must be true or false, got {_shown(value)}"
+        return None
+    return value
+
+
 def find_problems(settings: AppSettings, allowed_models: list[str], values: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
     """(problems by field, cleaned values). A field is in exactly one of the two."""
     problems: dict[str, str] = {}
@@ -121,6 +138,12 @@ def find_problems(settings: AppSettings, allowed_models: list[str], values: dict
         clean[tau] = _real(values.get(tau), tau, 0.0, limits.tau_max, problems)
     for pool in ("pool_size_stage1", "pool_size_stage2"):
         clean[pool] = _whole(values.get(pool), pool, limits.pool_size_min, limits.pool_size_max, problems)
+    if clean.get("steps") is not None:  # bounded by the step count; with bad steps only that is reported
+        for guard in ("warmup_steps", "final_full_steps"):
+            clean[guard] = _whole(values.get(guard), guard, 0, clean["steps"], problems)
+    clean["max_consecutive_hits"] = _whole(values.get("max_consecutive_hits"), "max_consecutive_hits", 0,
+                                           limits.max_consecutive_hits_max, problems)
+    clean["skip_stage2_probe_on_hit"] = _flag(values.get("skip_stage2_probe_on_hit"), "skip_stage2_probe_on_hit", problems)
     return problems, {k: v for k, v in clean.items() if k not in problems}
 
 

@@ -8,15 +8,24 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.patches import Patch
 
+from .distances import GUARD, GUARD_LABEL
+
 REUSED, COMPUTED = "#e8eef7", "#1f4e9c"
 
 
-def compute_map_figure(mask: np.ndarray, stage1_blocks: int, context_note: str) -> Figure:
-    """`mask` is (blocks, steps), True = computed (see ui.trace_view.computed_mask)."""
+def compute_map_figure(mask: np.ndarray, stage1_blocks: int, context_note: str,
+                       forced: np.ndarray | None = None) -> Figure:
+    """`mask` is (blocks, steps), True = computed (see ui.trace_view.computed_mask).
+
+    `forced` is (steps,), True where a guard forced the step to compute everything
+    (ui.trace_view.guard_forced); those columns get their own colour.
+    """
     blocks, steps = mask.shape
+    forced = np.zeros(steps, dtype=bool) if forced is None else forced
     fig = Figure(figsize=(9.0, 0.6 + 0.22 * blocks), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    ax.imshow(mask.astype(int), cmap=ListedColormap([REUSED, COMPUTED]), vmin=0, vmax=1, aspect="auto",
+    cells = mask.astype(int) + (mask & forced[np.newaxis, :])  # 0 reused, 1 computed, 2 computed by a guard
+    ax.imshow(cells, cmap=ListedColormap([REUSED, COMPUTED, GUARD]), vmin=0, vmax=2, aspect="auto",
               interpolation="nearest", extent=(0.5, steps + 0.5, blocks - 0.5, -0.5))
     labels = [f"S1 block {i}" + (" (probe)" if i == 0 else "") for i in range(stage1_blocks)]
     labels += [f"S2 block {i}" + (" (probe)" if i == 0 else "") for i in range(blocks - stage1_blocks)]
@@ -30,6 +39,8 @@ def compute_map_figure(mask: np.ndarray, stage1_blocks: int, context_note: str) 
     ax.set_xlabel("denoising step")
     share = mask.mean() if mask.size else 1.0
     ax.set_title(f"Compute map of the H2-Cache run: {share:.0%} of block executions ran — {context_note}", fontsize=10)
-    ax.legend(handles=[Patch(color=COMPUTED, label="computed"), Patch(facecolor=REUSED, edgecolor="#999999", label="reused from cache")],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    handles = [Patch(color=COMPUTED, label="computed"), Patch(facecolor=REUSED, edgecolor="#999999", label="reused from cache")]
+    if forced.any():
+        handles.insert(1, Patch(color=GUARD, label=f"{GUARD_LABEL}: {int(forced.sum())} steps"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     return fig
