@@ -32,7 +32,7 @@ def flops(pipe):
 def store(pipe, tmp_path_factory):
     store = CalibrationStore(tmp_path_factory.mktemp("cal") / "calibration.json")
     key, fp = model_key(pipe), model_fingerprint(pipe.transformer)
-    store.put(key, fp, "teacache", calibrate_teacache(pipe, [PROMPT, "a small blue square at the top"], **CALL))
+    store.put_teacache(key, fp, STEPS, calibrate_teacache(pipe, [PROMPT, "a small blue square at the top"], **CALL))
     store.put(key, fp, "magcache", {str(STEPS): calibrate_magcache(pipe, [PROMPT], **CALL)})
     return store
 
@@ -175,11 +175,30 @@ def test_teacache_config_and_fit_are_validated():
 
 def test_calibrations_are_stored_per_model(pipe, store):
     key, fp = model_key(pipe), model_fingerprint(pipe.transformer)
-    teacache = store.get(key, fp, "teacache")
+    teacache = store.get(key, fp, "teacache")[str(STEPS)]
     assert len(teacache["coefficients"]) == 5 and teacache["pairs"] == 2 * (STEPS - 1)
+    assert teacache["num_inference_steps"] == STEPS
     ratios = store.get(key, fp, "magcache")[str(STEPS)]["ratios"]
     assert len(ratios) == STEPS and ratios[0] == 1.0
     assert store.get(key, "another-fingerprint", "teacache") is None
+
+
+def test_teacache_fits_are_kept_per_step_count(pipe, tmp_path):
+    """A polynomial fitted at one step count is not used at another: the per-step input changes differ."""
+    key, fp = model_key(pipe), model_fingerprint(pipe.transformer)
+    store = CalibrationStore(tmp_path / "cal.json")
+    legacy = {"coefficients": [1.0, 0.0], "num_inference_steps": STEPS}
+    store.put(key, fp, "teacache", legacy)  # a file written before fits were per step count
+    with apply_method(pipe, "teacache", num_inference_steps=STEPS, calibration=store) as handle:
+        assert f"calibrated at {STEPS} steps" in handle.attachment.description
+    with pytest.raises(ValueError, match=f"teacache needs .* at {STEPS + 1} steps"):
+        apply_method(pipe, "teacache", num_inference_steps=STEPS + 1, calibration=store)
+    store.put_teacache(key, fp, STEPS + 1, {"coefficients": [2.0, 0.0], "num_inference_steps": STEPS + 1})
+    assert set(store.get(key, fp, "teacache")) == {str(STEPS), str(STEPS + 1)}
+    with apply_method(pipe, "teacache", num_inference_steps=STEPS + 1, calibration=store) as handle:
+        assert handle.inner.config.coefficients == (2.0, 0.0)
+    with apply_method(pipe, "teacache", num_inference_steps=STEPS, calibration=store) as handle:
+        assert handle.inner.config.coefficients == (1.0, 0.0)
 
 
 def test_missing_calibration_says_how_to_get_it(pipe, tmp_path):

@@ -25,6 +25,7 @@ from ..methods import (
     CalibrationStore, FlopTable, MethodTrace, apply_method, calibrate_magcache, calibrate_teacache,
     measure_flop_table, model_fingerprint, model_key,
 )
+from ..methods.calibration import teacache_fit
 from ..pipelines import EMBEDDED, generation_defaults, load_pipeline
 from .machine import describe_machine
 from .spec import BenchConfig, Variant, expand_variants, read_prompts
@@ -87,12 +88,13 @@ def ensure_calibration(pipe: Any, config: BenchConfig, store: CalibrationStore, 
         return done
     key, fingerprint = model_key(pipe), model_fingerprint(pipe.transformer)
     force = config.calibrate == "force"
-    if "teacache" in config.methods and (force or store.get(key, fingerprint, "teacache") is None):
-        steps = config.steps[0]
-        log(f"calibrating teacache for {key} on {len(prompts)} prompts at {steps} steps")
-        cal = calibrate_teacache(pipe, prompts, (0,), **_call_args(pipe, config, steps))
-        store.put(key, fingerprint, "teacache", cal)
-        done["teacache"] = cal
+    if "teacache" in config.methods:
+        for steps in config.steps:
+            if force or teacache_fit(store.get(key, fingerprint, "teacache"), steps) is None:
+                log(f"calibrating teacache for {key} on {len(prompts)} prompts at {steps} steps")
+                cal = calibrate_teacache(pipe, prompts, (0,), **_call_args(pipe, config, steps))
+                store.put_teacache(key, fingerprint, steps, cal)
+                done.setdefault("teacache", {})[str(steps)] = cal
     if "magcache" in config.methods:
         ratios = dict(store.get(key, fingerprint, "magcache") or {})
         for steps in config.steps:
@@ -279,8 +281,6 @@ def _merge(shards: Path, world: int, setup: _Setup) -> list[dict[str, Any]]:
     for path in sorted(shards.glob("rank*.json")):
         with open(path) as f:
             merged.extend(json.load(f)["rows"])
-    if world == 1:  # one shard is the merged result; keep shards only as the record of a sharded run
-        shutil.rmtree(shards)
     order = {(s, v.label): i for s, vs in setup.variants_by_steps.items() for i, v in enumerate(vs)}
     merged.sort(key=lambda r: (r["steps"], r["prompt_index"], r["seed"], order[(r["steps"], r["variant"])]))
     for row in merged:
@@ -313,6 +313,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any] | None:
     state.wait_for_everyone()
 
     setup = _prepare(config, state, device, out)
+    decision_cost = None
+    if state.is_main_process and config.decision_cost and any(m.startswith("h2cache") for m in config.methods):
+        # Before the long part: whatever goes wrong here should not cost the hour of timed runs.
+        decision_cost = _decision_cost(setup.pipe, next(iter(setup.flop_tables.values())), device)
     items = [(i, seed) for i in range(len(setup.prompts)) for seed in config.seeds]
     with state.split_between_processes(items) as mine:
         rows = _run_items(config, setup, list(mine), rank, world)
@@ -334,6 +338,9 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any] | None:
         "variants": {str(s): [v.label for v in vs] for s, vs in setup.variants_by_steps.items()},
         "prompts": setup.prompts, "auto_grid": setup.auto_grid,
     }
-    if config.decision_cost and any(m.startswith("h2cache") for m in config.methods):
-        meta["decision_cost"] = _decision_cost(pipe, next(iter(setup.flop_tables.values())), device)
-    return write_outputs(out, meta, merged, config)
+    if decision_cost is not None:
+        meta["decision_cost"] = decision_cost
+    results = write_outputs(out, meta, merged, config)
+    if world == 1:  # one shard is the merged result; a sharded run keeps its shards as the record
+        shutil.rmtree(shards)
+    return results

@@ -53,6 +53,20 @@ def model_fingerprint(transformer: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def teacache_fit(stored: dict[str, Any] | None, steps: int) -> dict[str, Any] | None:
+    """The TeaCache fit for `steps` from a stored ``teacache`` entry, or ``None``.
+
+    Fits are kept per step count (``{"28": fit, "50": fit}``): per-step input changes shrink as steps grow,
+    and a polynomial fitted at 28 steps is extrapolated, badly, at 100. An entry holding one fit at the top
+    level (older files) is used only at the step count it was fitted for.
+    """
+    if not stored:
+        return None
+    if "coefficients" in stored:
+        return stored if stored.get("num_inference_steps") in (None, steps) else None
+    return stored.get(str(steps))
+
+
 class CalibrationStore:
     """Reads and writes calibration entries: ``{"models": {key: {"fingerprint", method: data}}}``.
 
@@ -77,6 +91,13 @@ class CalibrationStore:
         if entry.get("fingerprint") is not None and entry["fingerprint"] != fingerprint:
             return None
         return entry.get(method)
+
+    def put_teacache(self, key: str, fingerprint: str | None, steps: int, fit: dict[str, Any]) -> None:
+        """Store a TeaCache fit for one step count, next to the fits for other step counts."""
+        stored = self.get(key, fingerprint, "teacache") or {}
+        if "coefficients" in stored:  # a single fit from before fits were kept per step count
+            stored = {str(stored.get("num_inference_steps") or steps): stored}
+        self.put(key, fingerprint, "teacache", {**stored, str(steps): fit})
 
     def put(self, key: str, fingerprint: str | None, method: str, value: Any) -> None:
         data = self.load()

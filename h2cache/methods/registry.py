@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import ApplyContext, Attachment, Method, MethodHandle
+from .calibration import teacache_fit
 from .diffusers_caches import attach_fbcache, attach_magcache, attach_taylorseer
 from .h2 import attach_h2cache
 from .h2_guarded import attach_h2cache_guarded
@@ -30,15 +31,17 @@ def _attach_none(settings: dict[str, Any], context: ApplyContext) -> Attachment:
 
 
 def teacache_coefficients(context: ApplyContext) -> tuple[list[float], str]:
-    stored = context.calibration.get(context.model_key, context.fingerprint, "teacache")
+    steps = context.num_inference_steps
+    stored = teacache_fit(context.calibration.get(context.model_key, context.fingerprint, "teacache"), steps)
     if stored:
-        return list(stored["coefficients"]), "calibrated"
+        return list(stored["coefficients"]), f"calibrated at {steps} steps"
     if context.model_key == "black-forest-labs/FLUX.1-dev":
         return list(FLUX_DEV_COEFFICIENTS), "published TeaCache4FLUX coefficients"
     raise ValueError(
         f"teacache needs a rescaling polynomial for model {context.model_key!r} (fingerprint {context.fingerprint}) "
-        f"in {context.calibration.path}; run `python -m h2cache.bench --calibrate force --methods teacache` "
-        "or h2cache.methods.calibrate_teacache(pipe, prompts, ...) and store the result")
+        f"at {steps} steps in {context.calibration.path}; run `python -m h2cache.bench --calibrate force "
+        f"--methods teacache --steps {steps}` or h2cache.methods.calibrate_teacache(pipe, prompts, "
+        f"num_inference_steps={steps}, ...) and store it with CalibrationStore.put_teacache")
 
 
 def _attach_teacache(settings: dict[str, Any], context: ApplyContext) -> Attachment:
