@@ -206,7 +206,7 @@ class H2ProbeHook(ModelHook):
         record = state.record
         if record is not None and self._skips_probe(state):
             stage.hit = True
-            record.d2, record.hit2, record.forced2 = None, True, True
+            record.d2, record.hit2, record.forced2, record.probe2_skipped = None, True, True, True
             through_hidden, through_encoder = stage.through
             encoder = None if through_encoder is None or encoder_in is None else encoder_in + through_encoder
             return _pack((None, None), self._meta, hidden_in + through_hidden, encoder)

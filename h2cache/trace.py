@@ -12,7 +12,8 @@ class StepRecord:
     ``d1``/``d2`` are ``None`` where no distance was computed: no reference yet, or
     stage 2 forced to hit because stage 1 hit. ``forced_full`` marks a call that one of
     the optional guards (warm-up, final steps, a cap on consecutive hits) made compute
-    every block; its distances are still measured.
+    every block; its distances are still measured. ``probe2_skipped`` marks a stage-1
+    hit that did not run stage 2's probe either (``skip_stage2_probe_on_hit``).
     """
 
     step: int
@@ -25,6 +26,7 @@ class StepRecord:
     blocks_run: int = 0
     blocks_total: int = 0
     forced_full: bool = False
+    probe2_skipped: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)

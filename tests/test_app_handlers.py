@@ -403,7 +403,7 @@ def test_computed_mask_follows_the_h2cache_rules():
     assert mask[:, 1].tolist() == [True, False, True, False, False]
     assert mask[:, 2].tolist() == [True, True, True, False, False]
     # One probe per stage-1 hit: stage 2's probe is reused too; a guard-forced call computes everything.
-    skipped = StepRecord(3, "cond", hit1=True, hit2=True, forced2=True, blocks_run=1)
+    skipped = StepRecord(3, "cond", hit1=True, hit2=True, forced2=True, blocks_run=1, probe2_skipped=True)
     forced = StepRecord(4, "cond", d1=0.01, d2=0.01, forced_full=True, blocks_run=5)
     mask = computed_mask([skipped, forced], 2, 3)
     assert mask[:, 0].tolist() == [True, False, False, False, False] and mask[:, 1].all()

@@ -90,7 +90,8 @@ def test_one_probe_per_hit_is_exact_at_zero_and_runs_one_block_per_hit():
     run(pipe)
     assert per_call == [7] + [1] * (len(per_call) - 1)
     assert [r.blocks_run for r in handle.trace] == per_call
-    assert all(r.hit1 and r.hit2 and r.forced2 and r.d2 is None for r in handle.trace[1:])
+    assert all(r.hit1 and r.hit2 and r.forced2 and r.probe2_skipped and r.d2 is None for r in handle.trace[1:])
+    assert not handle.trace[0].probe2_skipped
     handle.remove()
 
 

@@ -40,12 +40,8 @@ def computed_mask(records: list[StepRecord], stage1_blocks: int, stage2_blocks: 
 
 
 def stage2_probe_skipped(record: StepRecord) -> bool:
-    """A stage-1 hit that skipped stage 2's probe too (skip_stage2_probe_on_hit).
-
-    The record has no flag of its own for it (d2 is None and forced2 True either way), so the block
-    count tells: such a hit runs one block, the stage-1 probe, where an ordinary one runs two.
-    """
-    return record.hit1 and record.blocks_run == 1
+    """A stage-1 hit that skipped stage 2's probe too (skip_stage2_probe_on_hit)."""
+    return record.probe2_skipped
 
 
 def guard_forced(records: list[StepRecord]) -> np.ndarray:
