@@ -182,22 +182,38 @@ class H2RootHook(ModelHook):
         return module
 
 
-class H2ProbeHook(ModelHook):
-    """On a stage's first block: run it, measure the PFS distance, and on a hit add the cached residual."""
+class StatefulBlockHook(ModelHook):
+    """Base of the hooks on transformer blocks, for H2-Cache and caches built the same way (TeaCache here).
+
+    Keeps the shared :class:`ContextStateManager`, reads the block's stream layout from diffusers'
+    ``TransformerBlockRegistry`` when attached (``self._meta``), and forgets every context's state when the
+    pipeline resets stateful hooks at the end of a call.
+    """
 
     _is_stateful = True
 
-    def __init__(self, state_manager: ContextStateManager, config: H2CacheConfig, stage: int, is_tail: bool) -> None:
+    def __init__(self, state_manager: ContextStateManager) -> None:
         super().__init__()
         self.state_manager = state_manager
-        self.config = config
-        self.stage = stage
-        self.is_tail = is_tail  # a one-block stage: nothing after the probe to skip
         self._meta = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self._meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
         return module
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        return module
+
+
+class H2ProbeHook(StatefulBlockHook):
+    """On a stage's first block: run it, measure the PFS distance, and on a hit add the cached residual."""
+
+    def __init__(self, state_manager: ContextStateManager, config: H2CacheConfig, stage: int, is_tail: bool) -> None:
+        super().__init__(state_manager)
+        self.config = config
+        self.stage = stage
+        self.is_tail = is_tail  # a one-block stage: nothing after the probe to skip
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_in, encoder_in = _inputs(self._meta, args, kwargs)
@@ -280,26 +296,14 @@ class H2ProbeHook(ModelHook):
         # The one host sync per stage: the decision has to be a Python bool.
         return float(pfs_distance(ref, thumb).item())
 
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
-        return module
 
-
-class H2BlockHook(ModelHook):
+class H2BlockHook(StatefulBlockHook):
     """On the other blocks of a stage: pass through on a hit; on a miss run, and at the tail cache the residual."""
 
-    _is_stateful = True
-
     def __init__(self, state_manager: ContextStateManager, stage: int, is_tail: bool) -> None:
-        super().__init__()
-        self.state_manager = state_manager
+        super().__init__(state_manager)
         self.stage = stage
         self.is_tail = is_tail
-        self._meta = None
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
-        return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state = self.state_manager.get_state()
@@ -323,10 +327,6 @@ class H2BlockHook(ModelHook):
                 stage.through = (hidden_out - in_hidden, _sub(encoder_out, in_encoder))
                 stage.head_input = None
         return output
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
-        return module
 
 
 class H2CacheHandle:

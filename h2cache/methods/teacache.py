@@ -36,12 +36,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import BaseState
-from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.utils.torch_utils import unwrap_module
 
-from ..hooks import ContextStateManager
+from ..hooks import ContextStateManager, StatefulBlockHook
 
 _HEAD_HOOK = "teacache_head"
 _BLOCK_HOOK = "teacache_block"
@@ -128,23 +127,15 @@ def _pack(meta, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
     return tuple(out)
 
 
-class TeaCacheHeadHook(ModelHook):
+class TeaCacheHeadHook(StatefulBlockHook):
     """On ``transformer_blocks[0]``: measure the modulated input, decide, and on a skip apply the cached residual."""
-
-    _is_stateful = True
 
     def __init__(self, state_manager: ContextStateManager, config: TeaCacheConfig,
                  decisions: list[TeaCacheDecision]) -> None:
-        super().__init__()
-        self.state_manager = state_manager
+        super().__init__(state_manager)
         self.config = config
         self.decisions = decisions
-        self._meta = None
         self._new_run = True
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
-        return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         if self._new_run:
@@ -187,25 +178,16 @@ class TeaCacheHeadHook(ModelHook):
         return True, change, accumulated
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
         self._new_run = True
-        return module
+        return super().reset_state(module)
 
 
-class TeaCacheBlockHook(ModelHook):
+class TeaCacheBlockHook(StatefulBlockHook):
     """On every other block: pass through on a skip; on a compute run, and at the tail store the residual."""
 
-    _is_stateful = True
-
     def __init__(self, state_manager: ContextStateManager, is_tail: bool) -> None:
-        super().__init__()
-        self.state_manager = state_manager
+        super().__init__(state_manager)
         self.is_tail = is_tail
-        self._meta = None
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
-        return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         meta = self._meta
@@ -221,9 +203,6 @@ class TeaCacheBlockHook(ModelHook):
             state.head_input = None
         return output
 
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
-        return module
 
 
 class TeaCacheHandle:
