@@ -130,36 +130,29 @@ def test_fbcache_hit_runs_only_the_first_block(pipe, flops):
     assert trace[1].flops_run == pytest.approx(flops.blocks[0].total)
 
 
-def test_teacache_always_computes_first_and_last_step(pipe):
-    handle = apply_teacache(pipe.transformer, TeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0),
+def run_teacache(pipe, threshold: float):
+    """One pipeline call under TeaCache with the identity polynomial: (image, per-call decisions)."""
+    handle = apply_teacache(pipe.transformer, TeaCacheConfig(threshold=threshold, coefficients=(1.0, 0.0),
                                                              num_inference_steps=STEPS))
     try:
-        run(pipe)
-        computed = [d.computed for d in handle.decisions]
+        return run(pipe), list(handle.decisions)
     finally:
         handle.remove()
-    assert computed == [True] + [False] * (STEPS - 2) + [True]
+
+
+def test_teacache_always_computes_first_and_last_step(pipe):
+    _, decisions = run_teacache(pipe, 1e9)
+    assert [d.computed for d in decisions] == [True] + [False] * (STEPS - 2) + [True]
 
 
 def test_teacache_accumulates_until_the_threshold(pipe, baseline):
-    config = TeaCacheConfig(threshold=0.0, coefficients=(1.0, 0.0), num_inference_steps=STEPS)
-    handle = apply_teacache(pipe.transformer, config)
-    try:
-        assert np.array_equal(run(pipe), baseline)  # identity polynomial, threshold 0: never skips
-        decisions = list(handle.decisions)
-    finally:
-        handle.remove()
+    image, decisions = run_teacache(pipe, 0.0)
+    assert np.array_equal(image, baseline)  # identity polynomial, threshold 0: never skips
     assert all(d.computed for d in decisions)
     assert all(d.change is not None and d.change > 0 for d in decisions[1:-1])
     # a threshold between one and two steps' change: skip, then compute once the sum crosses it
-    change = decisions[1].change
-    handle = apply_teacache(pipe.transformer, TeaCacheConfig(threshold=change * 1.5, coefficients=(1.0, 0.0),
-                                                             num_inference_steps=STEPS))
-    try:
-        run(pipe)
-        pattern = [d.computed for d in handle.decisions]
-    finally:
-        handle.remove()
+    _, decisions = run_teacache(pipe, decisions[1].change * 1.5)
+    pattern = [d.computed for d in decisions]
     assert pattern[0] and pattern[-1] and not all(pattern)
 
 
