@@ -83,10 +83,13 @@ class H2CacheConfig:
             raise ValueError("H2CacheConfig.skip_stage2_probe_on_hit and H2CacheConfig.independent_stage2 cannot "
                              "both be True: an independent stage 2 needs its probe to decide")
 
-    @property
-    def has_guards(self) -> bool:
-        """Whether any option forces full calls (warm-up, final steps, a cap on consecutive hits)."""
-        return bool(self.warmup_steps or self.max_consecutive_hits or self.final_full_steps)
+
+# Integer fields: (lowest allowed value, what None means where None is allowed).
+_INTEGERS: dict[str, tuple[int, str | None]] = {
+    "pool_size_stage1": (1, None), "pool_size_stage2": (1, None), "stage_split": (1, "None (split at half)"),
+    "warmup_steps": (0, None), "max_consecutive_hits": (0, None), "final_full_steps": (0, None),
+    "num_inference_steps": (1, "None"),
+}
 
 
 def _validate(name: str, value) -> None:
@@ -95,18 +98,12 @@ def _validate(name: str, value) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
         if not ok:
             raise ValueError(f"{where} must be a finite number >= 0, got {value!r}")
-    elif name in ("pool_size_stage1", "pool_size_stage2"):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ValueError(f"{where} must be an integer >= 1, got {value!r}")
-    elif name == "stage_split":
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ValueError(f"{where} must be None (split at half) or an integer >= 1, got {value!r}")
-    elif name in ("warmup_steps", "max_consecutive_hits", "final_full_steps"):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            raise ValueError(f"{where} must be an integer >= 0, got {value!r}")
-    elif name == "num_inference_steps":
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ValueError(f"{where} must be None or an integer >= 1, got {value!r}")
+    elif name in _INTEGERS:
+        low, none = _INTEGERS[name]
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= low) or (none and value is None)
+        if not ok:
+            allowed = f"an integer >= {low}" if none is None else f"{none} or an integer >= {low}"
+            raise ValueError(f"{where} must be {allowed}, got {value!r}")
     elif name in ("full_residual_distance", "independent_stage2", "skip_stage2_probe_on_hit"):
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be True or False, got {value!r}")

@@ -20,7 +20,7 @@ HUGE = 1e6  # every distance is below it: every call that may reuse does
 def test_defaults_leave_the_published_algorithm_alone():
     cfg = H2CacheConfig()
     assert (cfg.warmup_steps, cfg.max_consecutive_hits, cfg.final_full_steps, cfg.num_inference_steps,
-            cfg.skip_stage2_probe_on_hit, cfg.has_guards) == (0, 0, 0, None, False, False)
+            cfg.skip_stage2_probe_on_hit) == (0, 0, 0, None, False)
 
 
 @pytest.mark.parametrize("field,value,message", [
