@@ -329,6 +329,21 @@ class H2BlockHook(StatefulBlockHook):
         return output
 
 
+def detach_hooks(transformer: torch.nn.Module, names: tuple[str, ...], created: list[torch.nn.Module]) -> None:
+    """Remove the named hooks from `transformer` and its blocks, and the hook registries we created there.
+
+    Registries that existed before stay (other caches or user hooks live in them); ours are deleted once
+    empty, so the modules end up exactly as they were before the cache was applied.
+    """
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    for name in names:
+        registry.remove_hook(name, recurse=True)
+    registry.invalidate_child_registries_cache()
+    for module in created:
+        if hasattr(module, "_diffusers_hook") and not module._diffusers_hook.hooks:
+            del module._diffusers_hook
+
+
 class H2CacheHandle:
     """What :func:`apply_h2_cache` returns: the trace of the latest pipeline call, and the way back.
 
@@ -356,13 +371,7 @@ class H2CacheHandle:
         """Detach every hook; the transformer computes exactly what it did before. Safe to call twice."""
         if self.removed:
             return
-        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
-        for name in (_ROOT_HOOK, _PROBE_HOOK, _BLOCK_HOOK):
-            registry.remove_hook(name, recurse=True)
-        registry.invalidate_child_registries_cache()
-        for module in self._created:
-            if not module._diffusers_hook.hooks:
-                del module._diffusers_hook
+        detach_hooks(self.transformer, (_ROOT_HOOK, _PROBE_HOOK, _BLOCK_HOOK), self._created)
         if isinstance(vars(self.transformer).get("_reset_stateful_cache"), _ResetOnPipelineEnd):
             del self.transformer._reset_stateful_cache
         self.removed = True

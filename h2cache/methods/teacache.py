@@ -40,7 +40,7 @@ from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import BaseState
 from diffusers.utils.torch_utils import unwrap_module
 
-from ..hooks import ContextStateManager, StatefulBlockHook
+from ..hooks import ContextStateManager, StatefulBlockHook, detach_hooks
 
 _HEAD_HOOK = "teacache_head"
 _BLOCK_HOOK = "teacache_block"
@@ -220,13 +220,7 @@ class TeaCacheHandle:
         """Detach every hook; the transformer computes exactly what it did before. Safe to call twice."""
         if self.removed:
             return
-        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
-        registry.remove_hook(_HEAD_HOOK, recurse=True)
-        registry.remove_hook(_BLOCK_HOOK, recurse=True)
-        registry.invalidate_child_registries_cache()
-        for module in self._created:
-            if hasattr(module, "_diffusers_hook") and not module._diffusers_hook.hooks:
-                del module._diffusers_hook
+        detach_hooks(self.transformer, (_HEAD_HOOK, _BLOCK_HOOK), self._created)
         self.removed = True
 
 
