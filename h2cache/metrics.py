@@ -1,8 +1,9 @@
 """Image quality of the cached output against the baseline: PSNR, SSIM (scikit-image), LPIPS (AlexNet).
 
 LPIPS needs torchvision's ImageNet AlexNet weights. Where they are not in
-TORCH_HOME and cannot be downloaded, LPIPS is reported as unavailable with the
-reason; no number is made up.
+TORCH_HOME and cannot be downloaded, LPIPS is reported as unavailable with a short
+reason (the full one, with paths and the download error, goes to the
+``h2cache.metrics`` log); no number is made up.
 
 Example:
     >>> import numpy as np
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import threading
 import warnings
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("h2cache.metrics")
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
@@ -66,14 +70,16 @@ class _Lpips:
                 warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")
                 self._model = lpips.LPIPS(net="alex", verbose=False).eval()
         except ImportError as exc:
-            self._reason = f"the lpips package is not installed ({exc})"
+            self._reason = "the lpips package is not installed"
+            log.warning("LPIPS unavailable: %s (%s)", self._reason, exc)
         except Exception as exc:  # a failed download raises URLError, OSError, RuntimeError...
             import torch.hub
 
-            self._reason = (
-                "LPIPS needs torchvision's AlexNet weights (alexnet-owt-7be5be79.pth), which are not in "
-                f"{torch.hub.get_dir()}/checkpoints and could not be downloaded ({type(exc).__name__}: {exc})"
-            )
+            # The reason is shown to app users, so it names no server path or network detail; the log does.
+            self._reason = "AlexNet weights not available offline"
+            log.warning("LPIPS unavailable: torchvision's AlexNet weights (alexnet-owt-7be5be79.pth) are not in "
+                        "%s/checkpoints and could not be downloaded (%s: %s)", torch.hub.get_dir(),
+                        type(exc).__name__, exc)
 
     def availability(self) -> tuple[bool, str | None]:
         with self._lock:

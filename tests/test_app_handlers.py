@@ -25,6 +25,8 @@ from ui.gpu import on_gpu
 from ui.metrics_table import format_lpips, format_psnr, format_ssim
 from ui.models import ModelRegistry
 from ui.plots.distances import GUARD_LABEL
+from ui.preview_store import PREVIEWS, PreviewStore, reduce_preview
+from ui.scrubber import step_view
 from ui.server_address import server_address
 from ui.settings import SettingsError, load_settings
 from ui.trace_view import computed_mask, decision_text, guard_forced, shown_context
@@ -136,6 +138,8 @@ def test_lpips_is_a_number_or_na_with_the_libraries_reason(exact):
         assert float(cell) == pytest.approx(0.0, abs=1e-6)
     else:
         assert cell == f"n/a — {reason}" and reason
+        # What clients see names no server path and no network error; the log has the details.
+        assert "/" not in reason and "Error" not in reason and len(reason) < 60
 
 
 def test_plots_show_thresholds_and_forced_hits(cached):
@@ -154,15 +158,52 @@ def test_plots_show_thresholds_and_forced_hits(cached):
 
 def test_scrubber_shows_each_runs_prediction_per_step(cached):
     state = cached["scrub_state"]
-    assert len(state["baseline"]) == len(state["cached"]) == STEPS
+    baseline, cached_previews = PREVIEWS.get(state["previews"])
+    assert len(baseline) == len(cached_previews) == state["steps"] == STEPS
     assert cached["scrub_step"].maximum == STEPS and cached["scrub_step"].value == STEPS
-    assert np.array_equal(cached["preview_baseline"], state["baseline"][-1])
+    assert np.array_equal(cached["preview_baseline"], baseline[-1])
     first_b, first_c, caption = show_step(1, state)
-    assert first_b is state["baseline"][0] and first_c is state["cached"][0]
+    assert first_b is baseline[0] and first_c is cached_previews[0]
     assert caption.startswith(f"**Step 1/{STEPS}**") and "no reference yet" in caption
-    assert not np.array_equal(state["baseline"][0], state["baseline"][-1]), "previews must change over the steps"
-    assert show_step(99, state)[0] is state["baseline"][-1]  # clamped
+    assert not np.array_equal(baseline[0], baseline[-1]), "previews must change over the steps"
+    assert show_step(99, state)[0] is baseline[-1]  # clamped
     assert show_step(1, None)[0] is None
+    # Whatever a client sends as the step or the state, the handler answers without raising.
+    for step in ("abc", float("nan"), 10**400, None):
+        assert show_step(step, state)[0] is baseline[-1]
+    for bad_state in ({"steps": 3, "previews": "not-a-key"}, {"steps": 3, "previews": ["x"]}, "text", 7):
+        assert show_step(1, bad_state)[0] is None
+
+
+def test_session_state_holds_a_key_not_the_images(cached):
+    state = cached["scrub_state"]
+    assert isinstance(state["previews"], str)
+    assert not any(isinstance(v, np.ndarray) for v in state.values())
+    assert sum(len(repr(v)) for v in state.values()) < 5_000
+
+
+def test_preview_store_keeps_its_byte_budget_and_says_when_a_comparison_expired():
+    image = np.zeros((64, 64, 3), np.uint8)
+    per_comparison = 2 * 10 * image.nbytes
+    store = PreviewStore(max_bytes=3 * per_comparison)
+    keys = [store.put([image] * 10, [image] * 10) for _ in range(10)]
+    assert len(store) == 3 and store.nbytes <= 3 * per_comparison
+    assert store.get(keys[0]) is None and store.get(keys[-1]) is not None
+    state = {"previews": keys[0], "steps": 10, "sigmas": [], "decisions": []}
+    assert step_view(state, 1, store)[:2] == (None, None)
+    assert "no longer kept" in step_view(state, 1, store)[2]
+    # FLUX.1-sized previews are kept at display size, not at 1024x1024.
+    big = reduce_preview(np.full((1024, 1024, 3), 200, np.uint8))
+    assert big.shape == (256, 256, 3) and (big == 200).all()
+
+
+def test_one_step_runs_and_its_scrubber_is_valid(generate):
+    out = run(generate, steps=1, tau1=0.5, tau2=0.5)
+    assert out["baseline_image"].shape == (64, 64, 3)
+    slider = out["scrub_step"]
+    assert slider.value == 1 and slider.minimum < slider.maximum and not slider.interactive
+    assert out["preview_caption"].startswith("**Step 1/1**")
+    assert len(out["details"]["trace"]) >= 1
 
 
 @pytest.mark.parametrize("field, value, expected", [
@@ -179,6 +220,13 @@ def test_scrubber_shows_each_runs_prediction_per_step(cached):
     ("tau1", -0.1, "tau1 must be a number from 0 to 1"),
     ("tau2", float("nan"), "tau2 must be a number from 0 to 1"),
     ("tau2", "abc", "tau2 must be a number from 0 to 1"),
+    ("tau1", 10**400, "tau1 must be a number from 0 to 1, got 1000"),
+    ("seed", 10**400, "seed must be a whole number from 0 to 4294967295, got 1000"),
+    ("steps", 10**400, "steps must be a whole number from 1 to 100, got 1000"),
+    ("pool_size_stage2", -10**400, "pool_size_stage2 must be a whole number from 1 to 65536, got -1000"),
+    pytest.param("seed", 10**5000, "seed must be a whole number from 0 to 4294967295, got a number with too many digits",
+                 id="seed-past-the-digit-limit"),
+    ("prompt", "a red circle \ud800", "prompt must be valid Unicode text"),
     ("pool_size_stage1", 0, "pool_size_stage1 must be a whole number from 1 to 65536"),
     ("pool_size_stage2", 1.5, "pool_size_stage2 must be a whole number from 1 to 65536"),
     ("warmup_steps", -1, f"warmup_steps must be a whole number from 0 to {STEPS}, got -1"),

@@ -22,7 +22,7 @@ from .metrics_table import metrics_rows, summary_markdown
 from .models import ModelRegistry
 from .plots.compute_map import compute_map_figure
 from .plots.distances import distance_figure
-from .scrubber import scrubber_state, step_view
+from .scrubber import scrubber_slider, scrubber_state, step_view
 from .settings import AppSettings
 from .trace_view import computed_mask, guard_forced, shown_context
 from .validation import ComparisonRequest, validate_request
@@ -43,7 +43,7 @@ class GenerateOutputs:
     stage1_plot: Figure
     stage2_plot: Figure
     compute_map: Figure
-    scrub_step: Any  # a gr.Slider update: range 1..steps, at the last step
+    scrub_step: Any  # a gr.Slider update: range 1..steps, at the last step (ui/scrubber.py)
     preview_baseline: np.ndarray | None
     preview_cached: np.ndarray | None
     preview_caption: str
@@ -76,7 +76,7 @@ def build_outputs(request: ComparisonRequest, result: JobResult, registry: Model
         stage1_plot=distance_figure(records, 1, comparison.config.tau1, note),
         stage2_plot=distance_figure(records, 2, comparison.config.tau2, note),
         compute_map=compute_map_figure(computed_mask(records, *split), split[0], note, guard_forced(records)),
-        scrub_step=gr.Slider(minimum=1, maximum=request.steps, value=request.steps, step=1, interactive=True),
+        scrub_step=scrubber_slider(request.steps),
         preview_baseline=preview_b,
         preview_cached=preview_c,
         preview_caption=caption,

@@ -56,35 +56,49 @@ class ComparisonRequest:
 
 def _shown(value: Any) -> str:
     """A short, HTML-safe echo of a rejected value (Gradio renders error messages as HTML)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        text = "a number with too many digits"
     if len(text) > 40:
         text = text[:37] + "..."
     return html.escape(text, quote=False)
 
 
-def _number(value: Any) -> float | None:
-    """A finite real number, or None. Strings are accepted because raw API payloads may carry them."""
+def _number(value: Any) -> int | float | None:
+    """A finite real number, or None. Strings are accepted because raw API payloads may carry them.
+
+    Whole numbers stay Python ints, however large: a JSON integer such as 10**400 has no float,
+    and must be reported as out of range rather than fail inside a conversion.
+    """
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
+        text = value.strip()
         try:
-            value = float(value.strip())
+            return int(text)
         except ValueError:
+            pass
+        try:
+            value = float(text)
+        except (ValueError, OverflowError):
             return None
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
     return None
 
 
 def _whole(value: Any, field: str, low: int, high: int, problems: dict[str, str], multiple: int = 1) -> int | None:
     allowed = f"a whole number from {low} to {high}" + (f" in multiples of {multiple}" if multiple > 1 else "")
     number = _number(value)
-    if number is None or number != int(number):
+    if number is None or (isinstance(number, float) and not number.is_integer()):
         problems[field] = f"{field} must be {allowed}, got {_shown(value)}"
         return None
     whole = int(number)
     if not low <= whole <= high or whole % multiple:
-        problems[field] = f"{field} must be {allowed}, got {whole}"
+        problems[field] = f"{field} must be {allowed}, got {_shown(whole)}"
         return None
     return whole
 
@@ -94,7 +108,7 @@ def _real(value: Any, field: str, low: float, high: float, problems: dict[str, s
     if number is None or not low <= number <= high:
         problems[field] = f"{field} must be a number from {low:g} to {high:g}, got {_shown(value)}"
         return None
-    return number
+    return float(number)
 
 
 def _flag(value: Any, field: str, problems: dict[str, str]) -> bool | None:
@@ -103,6 +117,15 @@ def _flag(value: Any, field: str, problems: dict[str, str]) -> bool | None:
         problems[field] = f"{field} must be true or false, got {_shown(value)}"
         return None
     return value
+
+
+def _is_unicode_text(text: str) -> bool:
+    # JSON may carry a lone surrogate (\ud800): a Python str, but no character, and tokenizers reject it.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def find_problems(settings: AppSettings, allowed_models: list[str], values: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
@@ -114,6 +137,8 @@ def find_problems(settings: AppSettings, allowed_models: list[str], values: dict
     prompt = values.get("prompt")
     if not isinstance(prompt, str):
         problems["prompt"] = f"prompt must be text, got {_shown(prompt)}"
+    elif not _is_unicode_text(prompt):
+        problems["prompt"] = "prompt must be valid Unicode text (it holds an unpaired surrogate code point)"
     elif not prompt.strip():
         problems["prompt"] = "prompt must not be empty"
     elif len(prompt.strip()) > limits.prompt_max_chars:

@@ -1,7 +1,9 @@
 """Train the embedded model: ``python -m h2cache.training --help``.
 
 Stages run in order and each resumes from its checkpoint under ``--work``:
-render the scene cache, train the VAE, train the transformer, export the
+render the scene cache, train the VAE (or import one with ``--vae-from``), train
+the transformer phases of ``--arch`` (v1: one phase at 64x64; v2: pretrain at
+64x64, fine-tune at 128x128, distil CFG into the guidance embedding), export the
 FluxPipeline directory. Re-running the same command continues where it stopped.
 """
 
@@ -13,46 +15,74 @@ from pathlib import Path
 
 import torch
 
-from .components import IMAGE_SIZE, SEED
-
-STAGES = ("vae", "transformer", "export")
+from .components import ARCHITECTURES, IMAGE_SIZE, SEED
+from .transformer import PLANS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m h2cache.training", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=(*STAGES, "all"), default="all", help="which stage to run (default: all)")
-    p.add_argument("--work", type=Path, default=Path("runs/embedded"), help="checkpoints, logs and data cache")
+    p.add_argument("--arch", choices=tuple(ARCHITECTURES), default="v2", help="model version (default: v2)")
+    phases = sorted({ph.name for plan in PLANS.values() for ph in plan})
+    p.add_argument("--stage", choices=("vae", *phases, "export", "all"), default="all",
+                   help="which stage to run (default: all); transformer phases must belong to --arch")
+    p.add_argument("--work", type=Path, default=None, help="checkpoints, logs and data cache (default: runs/embedded-<arch>)")
     p.add_argument("--out", type=Path, default=Path("assets/tiny-flux-scenes"), help="exported FluxPipeline directory")
-    p.add_argument("--images", type=int, default=40_000, help="training scenes to render (default: 40000)")
+    p.add_argument("--images", type=int, default=40_000, help="training scenes to render per size (default: 40000)")
     p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--transformer-steps", type=int, default=3500)
-    p.add_argument("--batch-size", type=int, default=64, help="transformer batch size")
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="FluxPipeline directory whose VAE to reuse instead of training one (the VAE is fully convolutional)")
+    p.add_argument("--transformer-steps", type=int, default=3500, help="steps of a phase not named below (v1)")
+    p.add_argument("--pretrain-steps", type=int, default=3000)
+    p.add_argument("--finetune-steps", type=int, default=3000)
+    p.add_argument("--distill-steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=None, help="transformer batch size (default: the phase's)")
     p.add_argument("--minutes", type=float, default=None, help="stop the current stage after this many minutes (resume later)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="torch device for encoding and training, e.g. cuda (default: cpu)")
     return p.parse_args(argv)
+
+
+def phase_steps(args: argparse.Namespace, name: str) -> int:
+    return getattr(args, f"{name}_steps", None) or args.transformer_steps
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    work = args.work or Path(f"runs/embedded-{args.arch}")
     from .data import render_dataset
 
-    data = render_dataset(args.work / "scenes.npz", args.images, IMAGE_SIZE, SEED)
-    stages = STAGES if args.stage == "all" else (args.stage,)
+    plan = PLANS[args.arch]
+    names = [ph.name for ph in plan]
+    if args.stage not in ("vae", "export", "all", *names):
+        raise SystemExit(f"--stage {args.stage} is not a phase of --arch {args.arch}: choose from {names}")
+    stages = ("vae", *names, "export") if args.stage == "all" else (args.stage,)
     if "vae" in stages:
-        from .vae import train_vae
+        if args.vae_from:
+            from .vae import import_vae
 
-        train_vae(data["images"], args.work, steps=args.vae_steps, minutes=args.minutes)
-    if "transformer" in stages:
-        from .transformer import train_transformer
+            import_vae(args.vae_from, work)
+        else:
+            from .vae import train_vae
 
-        train_transformer(data, args.work, steps=args.transformer_steps, batch_size=args.batch_size, minutes=args.minutes)
+            data = render_dataset(work / f"scenes_{IMAGE_SIZE}.npz", args.images, IMAGE_SIZE, SEED)
+            train_vae(data["images"], work, steps=args.vae_steps, minutes=args.minutes)
+    for phase in plan:
+        if phase.name in stages:
+            from .transformer import train_transformer
+
+            data = render_dataset(work / f"scenes_{phase.size}.npz", args.images, phase.size, SEED)
+            train_transformer(data, work, steps=phase_steps(args, phase.name), batch_size=args.batch_size,
+                              minutes=args.minutes, arch=args.arch, phase=phase.name, device=args.device)
     if "export" in stages:
         from .export import export_pipeline
 
-        export_pipeline(args.work, args.out)
+        export_pipeline(work, args.out, arch=args.arch)
     return 0
 
 

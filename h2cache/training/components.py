@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -18,7 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast,
 
 from ..scenes import vocabulary
 
-IMAGE_SIZE = 64
+IMAGE_SIZE = 64  # v1's size; v2 pretrains here, then fine-tunes at its own size
 VAE_FACTOR = 4  # len(block_out_channels) == 3 gives 2**2 downsampling
 LATENT_CHANNELS = 16
 TEXT_DIM = 64
@@ -75,13 +77,51 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_transformer() -> FluxTransformer2DModel:
-    """4 double-stream + 8 single-stream blocks, FLUX.1's 1:2 ratio, hidden size 128."""
+@dataclass(frozen=True)
+class Architecture:
+    """One version of the embedded transformer and the image size it is trained for."""
+
+    name: str
+    image_size: int
+    double_blocks: int
+    single_blocks: int
+    heads: int
+    guidance_embeds: bool  # True: guidance is an input (distilled), one call per step as on FLUX.1-dev
+    head_dim: int = 32
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)  # sums to head_dim
+
+    @property
+    def width(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // VAE_FACTOR // 2) ** 2
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    # The first embedded model: 64 image tokens, 12 blocks, true CFG (two calls per step).
+    "v1": Architecture("v1", image_size=64, double_blocks=4, single_blocks=8, heads=4, guidance_embeds=False),
+    # FLUX.1-dev in miniature: 256 image tokens at 128x128, 24 blocks in FLUX's 1:2 ratio, guidance distilled
+    # into an embedding. Width 96 keeps the transformer near 20 MB and the CPU cost per block low.
+    "v2": Architecture("v2", image_size=128, double_blocks=8, single_blocks=16, heads=3, guidance_embeds=True),
+}
+
+
+def build_transformer(arch: Architecture | str = "v1") -> FluxTransformer2DModel:
+    """A freshly initialised (seeded) transformer of `arch`'s shape.
+
+    Example:
+        >>> build_transformer("v2").config.num_single_layers
+        16
+    """
+    arch = ARCHITECTURES[arch] if isinstance(arch, str) else arch
     torch.manual_seed(SEED)
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=LATENT_CHANNELS * 4, num_layers=4, num_single_layers=8,
-        attention_head_dim=32, num_attention_heads=4, joint_attention_dim=TEXT_DIM,
-        pooled_projection_dim=TEXT_DIM, guidance_embeds=False, axes_dims_rope=(8, 12, 12),
+        patch_size=1, in_channels=LATENT_CHANNELS * 4, num_layers=arch.double_blocks,
+        num_single_layers=arch.single_blocks, attention_head_dim=arch.head_dim, num_attention_heads=arch.heads,
+        joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM, guidance_embeds=arch.guidance_embeds,
+        axes_dims_rope=arch.axes_dims_rope,
     )
 
 

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pipelines import EMBEDDED, GENERATION_DEFAULTS, write_generation_defaults
-from .checkpoint import load_checkpoint
-from .components import build_transformer
-from .transformer import assemble_pipeline
+from ..pipelines import write_generation_defaults
+from .components import ARCHITECTURES, T5_MAX_LENGTH
+from .transformer import DISTILL_GUIDANCE, PLANS, assemble_pipeline, checkpoint_path, load_ema
+
+DISTILLED_GUIDANCE_SCALE = 3.0  # inside DISTILL_GUIDANCE; the true CFG scale v1 was evaluated at
+TRUE_CFG_SCALE = 3.0
 
 
-def export_pipeline(work: Path, out: Path) -> Path:
-    """Write the EMA transformer, the VAE (with latent statistics), the encoders and the call defaults
-    (``generation_defaults.json``, so a copy of the directory loads with the sizes it was trained for)."""
-    state = load_checkpoint(Path(work) / "transformer.pt")
-    if state is None:
-        raise FileNotFoundError(f"{work}/transformer.pt is missing: run the 'transformer' stage first")
-    transformer = build_transformer()
-    transformer.load_state_dict(state["ema"])
-    pipe = assemble_pipeline(work, transformer.eval())
+def call_defaults(arch: str, size: int, distilled: bool) -> dict:
+    """The pipeline call arguments a model trained by this plan expects."""
+    defaults = {"height": size, "width": size, "num_inference_steps": 28, "max_sequence_length": T5_MAX_LENGTH}
+    if distilled:
+        assert DISTILL_GUIDANCE[0] <= DISTILLED_GUIDANCE_SCALE <= DISTILL_GUIDANCE[1]
+        return {**defaults, "guidance_scale": DISTILLED_GUIDANCE_SCALE}
+    if ARCHITECTURES[arch].guidance_embeds:
+        # Not yet distilled: the guidance input must be what training fed it, and CFG takes two calls.
+        defaults["guidance_scale"] = 1.0
+    return {**defaults, "true_cfg_scale": TRUE_CFG_SCALE, "negative_prompt": ""}
+
+
+def last_trained_phase(work: Path, arch: str):
+    done = [ph for ph in PLANS[arch] if checkpoint_path(work, ph).exists()]
+    if not done:
+        raise FileNotFoundError(f"no transformer checkpoint of {arch} in {work}: train a phase first")
+    return done[-1]
+
+
+def export_pipeline(work: Path, out: Path, arch: str = "v1") -> Path:
+    """Write the EMA transformer of the last phase trained, the VAE (with latent statistics), the encoders
+    and the call defaults (``generation_defaults.json``, so a copy of the directory loads with the sizes and
+    guidance it was trained for)."""
+    phase = last_trained_phase(Path(work), arch)
+    transformer = load_ema(work, arch, phase.name)
+    pipe = assemble_pipeline(work, transformer.eval(), arch=arch)
     pipe.save_pretrained(out, safe_serialization=True)
-    write_generation_defaults(out, GENERATION_DEFAULTS[EMBEDDED])
+    write_generation_defaults(out, call_defaults(arch, phase.size, distilled=phase.teacher is not None))
     return Path(out)

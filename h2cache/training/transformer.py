@@ -1,8 +1,13 @@
-"""Train the embedded FluxTransformer2DModel with rectified flow.
+"""Train the embedded FluxTransformer2DModel with rectified flow, in phases.
 
-Latents and text embeddings are computed once through the same FluxPipeline
-code paths used at inference (``encode_prompt``, ``_pack_latents``), so the
-training inputs match what the pipeline feeds the transformer.
+Latents and text embeddings are computed once per image size through the same
+FluxPipeline code paths used at inference (``encode_prompt``, ``_pack_latents``),
+so the training inputs match what the pipeline feeds the transformer.
+
+A phase is one training run at one size. v1 has a single phase at 64x64. v2
+pretrains at 64x64, fine-tunes at 128x128 (FLUX's RoPE positions carry over),
+then distils true CFG into the guidance embedding, as FLUX.1-dev does, so the
+shipped model needs one transformer call per step.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +26,51 @@ from tqdm.auto import tqdm
 
 from .checkpoint import LossLog, load_checkpoint, save_checkpoint
 from .components import (
-    SEED, T5_MAX_LENGTH, build_scheduler, build_text_encoders, build_tokenizer, build_transformer, build_vae,
-    CLIP_MAX_LENGTH,
+    ARCHITECTURES, CLIP_MAX_LENGTH, SEED, T5_MAX_LENGTH, Architecture, build_scheduler, build_text_encoders,
+    build_tokenizer, build_transformer, build_vae,
 )
 from .data import to_tensor_range
 
-CFG_DROPOUT = 0.1  # share of steps trained on the empty prompt, so true CFG works at inference
+CFG_DROPOUT = 0.1  # share of samples trained on the empty prompt, so true CFG works at inference
 EMA_DECAY = 0.999
 WARMUP = 100
+TEACHER_GUIDANCE = 1.0  # the guidance input a CFG-trained model always sees (it is not yet meaningful)
+DISTILL_GUIDANCE = (1.0, 5.0)  # range of CFG scales the distilled model learns to follow
 
 
-def assemble_pipeline(work: Path, transformer=None) -> FluxPipeline:
+@dataclass(frozen=True)
+class Phase:
+    """One training run: its size, optimiser settings, and which earlier phase it starts from.
+
+    ``teacher`` names a phase whose EMA model, run with true CFG, gives the targets (guidance distillation).
+    """
+
+    name: str
+    size: int
+    lr: float
+    batch_size: int
+    init_from: str | None = None
+    teacher: str | None = None
+
+
+PLANS: dict[str, tuple[Phase, ...]] = {
+    "v1": (Phase("transformer", 64, 6e-4, 64),),
+    "v2": (
+        Phase("pretrain", 64, 6e-4, 64),
+        Phase("finetune", 128, 3e-4, 32, init_from="pretrain"),
+        Phase("distill", 128, 1.5e-4, 32, init_from="finetune", teacher="finetune"),
+    ),
+}
+
+
+def phase_named(arch: str, name: str) -> Phase:
+    for phase in PLANS[arch]:
+        if phase.name == name:
+            return phase
+    raise ValueError(f"phase {name!r} is not one of {[p.name for p in PLANS[arch]]} for arch {arch!r}")
+
+
+def assemble_pipeline(work: Path, transformer=None, arch: str = "v1") -> FluxPipeline:
     """A FluxPipeline from the trained VAE checkpoint, the frozen encoders and `transformer`."""
     vae = build_vae()
     state = load_checkpoint(Path(work) / "vae.pt")
@@ -44,26 +84,38 @@ def assemble_pipeline(work: Path, transformer=None) -> FluxPipeline:
     return FluxPipeline(
         scheduler=build_scheduler(), vae=vae.eval(), text_encoder=clip, tokenizer=build_tokenizer(CLIP_MAX_LENGTH, bos=True),
         text_encoder_2=t5, tokenizer_2=build_tokenizer(T5_MAX_LENGTH, bos=False),
-        transformer=transformer if transformer is not None else build_transformer(),
+        transformer=transformer if transformer is not None else build_transformer(arch),
     )
 
 
+def encoded_path(work: Path, size: int) -> Path:
+    # v1's single size keeps its original file name, so its work directories still resume.
+    return Path(work) / ("encoded.pt" if size == 64 else f"encoded_{size}.pt")
+
+
 @torch.no_grad()
-def encode_dataset(data: dict[str, np.ndarray], work: Path) -> dict[str, torch.Tensor]:
-    """Packed, normalised latents and prompt embeddings for every training image (cached)."""
-    path = Path(work) / "encoded.pt"
+def encode_dataset(data: dict[str, np.ndarray], work: Path, device: str = "cpu", batch: int = 256) -> dict[str, torch.Tensor]:
+    """Packed, normalised latents and prompt embeddings for every training image (cached per size).
+
+    The latent shift and scale are computed once, from the first size encoded, and reused for every
+    other size: a model fine-tuned at a new size must see latents normalised the same way.
+    """
+    size = int(data["images"].shape[1])
+    path = encoded_path(work, size)
     cached = load_checkpoint(path)
     if cached is not None:
         return cached
-    pipe = assemble_pipeline(work)
+    pipe = assemble_pipeline(work).to(device)
     means = []
-    for i in tqdm(range(0, len(data["images"]), 256), desc="encoding latents"):
-        x = to_tensor_range(data["images"][i : i + 256])
-        means.append(pipe.vae.encode(x).latent_dist.mode())
+    for i in tqdm(range(0, len(data["images"]), batch), desc=f"encoding latents at {size}x{size}"):
+        x = to_tensor_range(data["images"][i : i + batch]).to(device)
+        means.append(pipe.vae.encode(x).latent_dist.mode().cpu())
     latents = torch.cat(means)
-    shift, scale = latents.mean().item(), 1.0 / latents.std().item()
-    save_checkpoint(Path(work) / "latent_stats.pt", shift_factor=shift, scaling_factor=scale)
-    latents = (latents - shift) * scale
+    stats = load_checkpoint(Path(work) / "latent_stats.pt")
+    if stats is None:
+        stats = {"shift_factor": latents.mean().item(), "scaling_factor": 1.0 / latents.std().item()}
+        save_checkpoint(Path(work) / "latent_stats.pt", **stats)
+    latents = (latents - stats["shift_factor"]) * stats["scaling_factor"]
     b, c, h, w = latents.shape
     packed = FluxPipeline._pack_latents(latents, b, c, h, w)
 
@@ -72,8 +124,8 @@ def encode_dataset(data: dict[str, np.ndarray], work: Path) -> dict[str, torch.T
     pooled, seq = [], []
     for i in tqdm(range(0, len(unique), 512), desc="encoding prompts"):
         embeds, pooled_embeds, _ = pipe.encode_prompt(unique[i : i + 512], prompt_2=None, max_sequence_length=T5_MAX_LENGTH)
-        seq.append(embeds)
-        pooled.append(pooled_embeds)
+        seq.append(embeds.cpu())
+        pooled.append(pooled_embeds.cpu())
     index = {p: i for i, p in enumerate(unique)}
     encoded = {
         "latents": packed, "latent_hw": torch.tensor([h, w]),
@@ -84,45 +136,102 @@ def encode_dataset(data: dict[str, np.ndarray], work: Path) -> dict[str, torch.T
     return encoded
 
 
-def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch_size: int = 64, lr: float = 6e-4,
-                      minutes: float | None = None, save_every: int = 200) -> Path:
-    """Train (or resume) the transformer; returns the checkpoint path."""
+def checkpoint_path(work: Path, phase: Phase) -> Path:
+    return Path(work) / f"{phase.name}.pt"
+
+
+def load_ema(work: Path, arch: str, phase_name: str) -> torch.nn.Module:
+    """The EMA model a finished (or stopped) phase left behind."""
+    state = load_checkpoint(checkpoint_path(work, phase_named(arch, phase_name)))
+    if state is None:
+        raise FileNotFoundError(f"{work}/{phase_name}.pt is missing: run the '{phase_name}' phase first")
+    model = build_transformer(arch)
+    model.load_state_dict(state["ema"])
+    return model
+
+
+class Denoiser:
+    """Calls a FLUX transformer on packed latents with a fixed text/image position layout."""
+
+    def __init__(self, enc: dict[str, torch.Tensor], batch_size: int, device: str) -> None:
+        h, w = enc["latent_hw"].tolist()
+        self.img_ids = FluxPipeline._prepare_latent_image_ids(batch_size, h // 2, w // 2, device, torch.float32)
+        self.txt_ids = torch.zeros(enc["prompt_embeds"].shape[1], 3, device=device)
+        self.enc = enc
+
+    def __call__(self, model, xt, t, p_idx, guidance=None) -> torch.Tensor:
+        return model(
+            hidden_states=xt, timestep=t, guidance=guidance, pooled_projections=self.enc["pooled_embeds"][p_idx],
+            encoder_hidden_states=self.enc["prompt_embeds"][p_idx], txt_ids=self.txt_ids, img_ids=self.img_ids,
+            return_dict=False,
+        )[0]
+
+
+def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch_size: int | None = None,
+                      lr: float | None = None, minutes: float | None = None, save_every: int = 200,
+                      arch: str = "v1", phase: str | None = None, device: str = "cpu") -> Path:
+    """Train (or resume) one phase of `arch`'s plan on `data` (images at the phase's size); returns the checkpoint.
+
+    Resumes from ``<work>/<phase>.pt``; a phase that has not started yet begins from the EMA of its
+    ``init_from`` phase. Stops at `steps` or after `minutes` of this run.
+    """
     work = Path(work)
-    enc = encode_dataset(data, work)
-    ckpt_path = work / "transformer.pt"
-    model = build_transformer().train()
+    spec = phase_named(arch, phase or PLANS[arch][0].name)
+    size = int(data["images"].shape[1])
+    if size != spec.size:
+        raise ValueError(f"phase {spec.name!r} trains at {spec.size}x{spec.size}, got images of {size}x{size}")
+    batch_size = batch_size or spec.batch_size
+    lr = lr or spec.lr
+    enc = {k: v.to(device) for k, v in encode_dataset(data, work, device=device).items()}
+    ckpt_path = checkpoint_path(work, spec)
+    model = build_transformer(arch)
+    state = load_checkpoint(ckpt_path)
+    if state is None and spec.init_from:
+        model.load_state_dict(load_ema(work, arch, spec.init_from).state_dict())
+    model = model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    state = load_checkpoint(ckpt_path)
     step = 0
     if state:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-    gen = torch.Generator().manual_seed(SEED + 1 + step)
-    h, w = enc["latent_hw"].tolist()
-    img_ids = FluxPipeline._prepare_latent_image_ids(batch_size, h // 2, w // 2, "cpu", torch.float32)
-    txt_ids = torch.zeros(enc["prompt_embeds"].shape[1], 3)
-    log = LossLog(work / "transformer_loss.csv")
+    teacher = load_ema(work, arch, spec.teacher).to(device).eval().requires_grad_(False) if spec.teacher else None
+    guided = ARCHITECTURES[arch].guidance_embeds
+    gen = torch.Generator(device).manual_seed(SEED + 1 + step)
+    denoise = Denoiser(enc, batch_size, device)
+    teacher_denoise = Denoiser(enc, 2 * batch_size, device) if teacher is not None else None
+    log = LossLog(work / f"{spec.name}_loss.csv")
     start, running = time.time(), None
-    bar = tqdm(total=steps, initial=step, desc="transformer")
+    bar = tqdm(total=steps, initial=step, desc=f"{arch} {spec.name} {spec.size}px")
     while step < steps:
         warm = min(1.0, (step + 1) / WARMUP)
         for group in opt.param_groups:
             group["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        idx = torch.randint(0, len(enc["latents"]), (batch_size,), generator=gen)
+        idx = torch.randint(0, len(enc["latents"]), (batch_size,), generator=gen, device=device)
         x0 = enc["latents"][idx]
         p_idx = enc["prompt_index"][idx].clone()
-        p_idx[torch.rand(batch_size, generator=gen) < CFG_DROPOUT] = enc["empty_index"]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.sigmoid(torch.randn(batch_size, generator=gen))  # logit-normal, as in SD3
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        t = torch.sigmoid(torch.randn(batch_size, generator=gen, device=device))  # logit-normal, as in SD3
         xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * noise
-        pred = model(
-            hidden_states=xt, timestep=t, pooled_projections=enc["pooled_embeds"][p_idx],
-            encoder_hidden_states=enc["prompt_embeds"][p_idx], txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
-        )[0]
-        loss = F.mse_loss(pred, noise - x0)
+        if teacher is None:
+            p_idx[torch.rand(batch_size, generator=gen, device=device) < CFG_DROPOUT] = enc["empty_index"]
+            target = noise - x0
+            guidance = torch.full((batch_size,), TEACHER_GUIDANCE, device=device) if guided else None
+        else:
+            lo, hi = DISTILL_GUIDANCE
+            guidance = lo + (hi - lo) * torch.rand(batch_size, generator=gen, device=device)
+            with torch.no_grad():
+                both = teacher_denoise(
+                    teacher, torch.cat([xt, xt]), torch.cat([t, t]),
+                    torch.cat([p_idx, torch.full_like(p_idx, int(enc["empty_index"]))]),
+                    torch.full((2 * batch_size,), TEACHER_GUIDANCE, device=device),
+                )
+                cond, uncond = both.chunk(2)
+                target = uncond + guidance[:, None, None] * (cond - uncond)
+        pred = denoise(model, xt, t, p_idx, guidance)
+        loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

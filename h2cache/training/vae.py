@@ -95,3 +95,23 @@ def train_vae(images: np.ndarray, out_dir: Path, steps: int, batch_size: int = 3
             break
     bar.close()
     return ckpt_path
+
+
+def import_vae(model_dir: Path, out_dir: Path) -> Path:
+    """Reuse a trained FluxPipeline directory's VAE as this run's ``vae.pt`` (and its latent statistics).
+
+    Keeping the latent statistics means a transformer trained on it sees latents normalised exactly
+    as the pipeline will scale them at inference.
+    """
+    from diffusers import AutoencoderKL
+
+    ckpt_path = Path(out_dir) / "vae.pt"
+    if ckpt_path.exists():
+        return ckpt_path
+    vae = AutoencoderKL.from_pretrained(Path(model_dir) / "vae", local_files_only=True)
+    fresh = build_vae()
+    fresh.load_state_dict(vae.state_dict())  # fails loudly if the architectures differ
+    save_checkpoint(Path(out_dir) / "latent_stats.pt", shift_factor=vae.config.shift_factor,
+                    scaling_factor=vae.config.scaling_factor)
+    save_checkpoint(ckpt_path, model=fresh.state_dict(), step=0, imported_from=str(model_dir))
+    return ckpt_path

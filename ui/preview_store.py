@@ -1,0 +1,82 @@
+"""Step previews kept on the server for the scrubber, within a fixed memory budget.
+
+Sessions never hold the images themselves: a session's state holds a key into this store. Stored
+comparisons are evicted oldest-first once their bytes exceed the budget, so memory stays bounded
+however many sessions or API clients call the app (API sessions are never closed).
+
+Example:
+    >>> import numpy as np
+    >>> store = PreviewStore(max_bytes=10_000)
+    >>> key = store.put([np.zeros((8, 8, 3), np.uint8)], [np.ones((8, 8, 3), np.uint8)])
+    >>> store.get(key)[1][0].max()
+    1
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+# A preview is shown at most this many pixels on a side; larger ones (FLUX.1 at 1024x1024) are
+# stored reduced, so one 50-step FLUX.1 comparison costs ~20 MB, not ~300 MB.
+MAX_PREVIEW_SIDE = 256
+DEFAULT_MAX_BYTES = 96 * 2**20
+
+Previews = tuple[list[np.ndarray], list[np.ndarray]]  # (baseline, cached), one image per step
+
+
+def reduce_preview(image: np.ndarray, max_side: int = MAX_PREVIEW_SIDE) -> np.ndarray:
+    """`image` shrunk by a whole factor (box average) until no side exceeds `max_side`."""
+    factor = -(-max(image.shape[:2]) // max_side)
+    if factor <= 1:
+        return image
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor, -1).astype(np.float32)
+    return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
+
+
+class PreviewStore:
+    """Thread-safe, byte-bounded, least-recently-used store of each comparison's step previews."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[Previews, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, baseline: list[np.ndarray], cached: list[np.ndarray]) -> str:
+        """Store one comparison's previews; returns the key a session keeps."""
+        previews = ([reduce_preview(x) for x in baseline], [reduce_preview(x) for x in cached])
+        size = sum(x.nbytes for run in previews for x in run)
+        key = secrets.token_urlsafe(12)
+        with self._lock:
+            self._items[key] = (previews, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
+        return key
+
+    def get(self, key: object) -> Previews | None:
+        """The previews under `key`, or None if they were evicted (or the key is not one of ours)."""
+        if not isinstance(key, str):
+            return None
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+PREVIEWS = PreviewStore()
