@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 from diffusers import FluxPipeline
 
-from h2cache.training.checkpoint import load_checkpoint
+from h2cache.training.checkpoint import load_checkpoint, save_checkpoint
 from h2cache.training.data import render_dataset
 from h2cache.training.export import export_pipeline
 from h2cache.training.transformer import train_transformer
@@ -41,3 +44,45 @@ def test_one_step_each_resume_and_export(tmp_path):
     image = pipe("a small red circle at the center on a plain blue background", height=64, width=64,
                  num_inference_steps=2, max_sequence_length=16, output_type="np").images[0]
     assert image.shape == (64, 64, 3)
+
+
+def test_v2_phases_chain_and_export_a_one_call_per_step_model(tmp_path):
+    """Pretrain at 64, fine-tune at 128 from its EMA, distil CFG into the guidance input, export."""
+    from h2cache.pipelines import EMBEDDED_MODEL_DIR
+    from h2cache.training.components import ARCHITECTURES
+    from h2cache.training.transformer import phase_named
+    from h2cache.training.vae import import_vae
+
+    import_vae(EMBEDDED_MODEL_DIR, tmp_path)
+    small = render_dataset(tmp_path / "scenes_64.npz", 4, 64, seed=3)
+    large = render_dataset(tmp_path / "scenes_128.npz", 4, 128, seed=3)
+    train_transformer(small, tmp_path, steps=1, batch_size=2, arch="v2", phase="pretrain")
+    # Mark the pretrained EMA, so that a fine-tune that started from a fresh (seeded) init would show.
+    key = "transformer_blocks.0.attn.to_q.weight"
+    state = load_checkpoint(tmp_path / "pretrain.pt")
+    state["ema"][key] += 0.5
+    save_checkpoint(tmp_path / "pretrain.pt", **state)
+    pretrained = state["ema"]
+    with pytest.raises(ValueError, match="trains at 128x128"):
+        train_transformer(small, tmp_path, steps=1, batch_size=2, arch="v2", phase="finetune")
+    train_transformer(large, tmp_path, steps=1, batch_size=2, arch="v2", phase="finetune")
+    train_transformer(large, tmp_path, steps=1, batch_size=2, arch="v2", phase="distill")
+    # Fine-tuning starts from the pretrained EMA, not from a fresh initialisation.
+    finetuned = load_checkpoint(tmp_path / "finetune.pt")["model"]
+    assert (finetuned[key] - pretrained[key]).abs().max() < 1e-2
+    assert phase_named("v2", "distill").teacher == "finetune"
+
+    out = export_pipeline(tmp_path, tmp_path / "pipe", arch="v2")
+    pipe = FluxPipeline.from_pretrained(out, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    arch = ARCHITECTURES["v2"]
+    config = pipe.transformer.config
+    assert (config.num_layers, config.num_single_layers, config.guidance_embeds) == (8, 16, True)
+    assert arch.image_tokens >= 256
+    defaults = json.loads((out / "generation_defaults.json").read_text())
+    assert defaults["height"] == defaults["width"] == 128 and "true_cfg_scale" not in defaults
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *args: calls.append(1))
+    image = pipe("a small red circle at the center on a plain blue background", num_inference_steps=2,
+                 output_type="np", **{k: v for k, v in defaults.items() if k != "num_inference_steps"}).images[0]
+    assert image.shape == (128, 128, 3) and len(calls) == 2  # one transformer call per step
