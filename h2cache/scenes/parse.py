@@ -2,14 +2,19 @@
 
 The reading inverts the renderer: the background colour is the palette colour
 most common on the border, the object colour the most common other palette
-colour, its position the centroid's cell, and the texture the blend-weight
-pattern (toward the background's shade) that best explains the background.
+colour, its position the centroid's cell, its shape the ideal shape (drawn
+at the mask's centroid, scaled to the mask's area) that overlaps the object
+mask best, and the texture the blend-weight pattern (toward the background's
+shade) that best explains the background.
 
 Example:
     >>> from h2cache.scenes import SceneSpec, render, check
     >>> spec = SceneSpec("square", "yellow", "bottom right", "large", "checkered", "purple")
-    >>> check(render(spec, 64, seed=3), spec.prompt()).ok
-    True
+    >>> result = check(render(spec, 64, seed=3), spec.prompt())
+    >>> result.ok, result.reading.shape
+    (True, 'square')
+    >>> check(render(spec, 64, seed=3), spec.prompt().replace("square", "triangle")).shape_ok
+    False
 """
 
 from __future__ import annotations
@@ -18,14 +23,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grammar import COLORS, POSITIONS, SceneSpec, parse_prompt
-from .render import TEXTURE_CELLS, color_array, shade
+from .grammar import COLORS, POSITIONS, SHAPES, SceneSpec, parse_prompt
+from .render import TEXTURE_CELLS, color_array, inside_shape, shade
 
 COLOR_TOLERANCE = 0.30  # RGB distance (0..1 scale, max sqrt(3)) to count as a palette colour
 MIN_OBJECT_FRACTION = 0.006  # of the image area; a small circle covers about 3%
 TEXTURE_R2 = 0.5  # a pattern must explain this share of the background's variance
 PLAIN_STD = 0.08
 SEGMENT_TOLERANCE = 0.12
+# Below this a mask is a blob that every ideal shape fits about equally; a
+# small triangle at 32 px covers about 10 pixels and is still read right.
+MIN_SHAPE_PIXELS = 8
+# Area of each ideal shape in units of r**2 (r: the renderer's radius), so a
+# mask's area gives the radius each shape hypothesis implies.
+SHAPE_AREA = {"circle": np.pi, "square": 1.8**2, "triangle": 0.75 * 3**0.5, "diamond": 2 * 1.25**2}
+# The hard mask grows or shrinks at the anti-aliased edge with the colour
+# contrast, so each hypothesis is also tried a little smaller and larger.
+SHAPE_SCALES = (0.88, 0.94, 1.0, 1.06, 1.12)
+TEMPLATE_SUPERSAMPLE = 4
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,7 @@ class SceneReading:
     position: str | None
     texture: str | None
     background: str | None
+    shape: str | None
 
 
 @dataclass(frozen=True)
@@ -42,10 +58,11 @@ class SceneCheck:
     color_ok: bool
     position_ok: bool
     texture_ok: bool
+    shape_ok: bool
 
     @property
     def ok(self) -> bool:
-        return self.color_ok and self.position_ok and self.texture_ok
+        return self.color_ok and self.position_ok and self.texture_ok and self.shape_ok
 
 
 def _palette_distances(img: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -69,6 +86,43 @@ def _r2(t: np.ndarray, pattern: np.ndarray, mask: np.ndarray) -> float:
         return 0.0
     r = np.corrcoef(x, y)[0, 1]
     return float(r * r)
+
+
+def _template(shape: str, ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+    """Anti-aliased coverage of an ideal shape at pixels (ys, xs); centre and radius in pixels."""
+    # Sub-pixel offsets average the inside test over each pixel like the renderer does.
+    sub = (np.arange(TEMPLATE_SUPERSAMPLE) + 0.5) / TEMPLATE_SUPERSAMPLE - 0.5
+    dy = ys[:, :, None, None] + sub[:, None] - cy
+    dx = xs[:, :, None, None] + sub[None, :] - cx
+    return inside_shape(shape, dx, dy, r).mean(axis=(2, 3))
+
+
+def _read_shape(obj: np.ndarray) -> str | None:
+    """The ideal shape, fitted at the mask's centroid and area, that overlaps `obj` best."""
+    ys, xs = np.nonzero(obj)
+    area = float(ys.size)
+    if area < MIN_SHAPE_PIXELS:
+        return None
+    # Every shape is centred on its centroid (the triangle is equilateral and
+    # inscribed in the circle), so the centroid is the centre for all four.
+    cy, cx = ys.mean(), xs.mean()
+    # The triangle's apex, the farthest point of any hypothesis, lies within
+    # 0.88 * sqrt(area) * max(SHAPE_SCALES) of the centre; templates are drawn
+    # on that window only, and mask pixels outside it still count as misses.
+    reach = int(np.ceil(np.sqrt(area))) + 2
+    y0, x0 = max(0, int(cy) - reach), max(0, int(cx) - reach)
+    crop = obj[y0 : int(cy) + reach + 1, x0 : int(cx) + reach + 1].astype(np.float32)
+    outside = area - float(crop.sum())
+    gy, gx = np.mgrid[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]].astype(np.float32)
+    best, best_iou = None, -1.0
+    for shape in SHAPES:
+        r0 = np.sqrt(area / SHAPE_AREA[shape])
+        for scale in SHAPE_SCALES:
+            t = _template(shape, gy, gx, cy, cx, r0 * scale)
+            iou = float(np.minimum(crop, t).sum() / (np.maximum(crop, t).sum() + outside))
+            if iou > best_iou:
+                best, best_iou = shape, iou
+    return best
 
 
 def read_scene(image: np.ndarray) -> SceneReading:
@@ -132,7 +186,8 @@ def read_scene(image: np.ndarray) -> SceneReading:
             scores = {name: _r2(t, p, bg_mask) for name, p in patterns.items()}
             best = max(scores, key=scores.get)
             texture = best if scores[best] >= TEXTURE_R2 else "noisy"
-    return SceneReading(color, position, texture, background)
+    shape = _read_shape(obj) if color is not None else None
+    return SceneReading(color, position, texture, background, shape)
 
 
 def check(image: np.ndarray, prompt: str | SceneSpec) -> SceneCheck:
@@ -144,4 +199,5 @@ def check(image: np.ndarray, prompt: str | SceneSpec) -> SceneCheck:
         color_ok=reading.color == spec.color,
         position_ok=reading.position == spec.position,
         texture_ok=reading.texture == spec.texture,
+        shape_ok=reading.shape == spec.shape,
     )

@@ -65,6 +65,20 @@ def texture_weight(texture: str, size: int, rng: np.random.Generator) -> np.ndar
     raise ValueError(f"texture={texture!r} is unknown")
 
 
+def inside_shape(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """Whether offsets (dx, dy) from the centre fall inside `shape` of radius `r` (the parser fits the same shapes)."""
+    if shape == "circle":
+        return dx**2 + dy**2 <= r**2
+    if shape == "square":
+        return (np.abs(dx) <= r * 0.9) & (np.abs(dy) <= r * 0.9)
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r * 1.25
+    if shape == "triangle":
+        # Upward triangle inscribed in the circle of radius r.
+        return (dy <= r * 0.5) & (dy >= -r + 1.732 * np.abs(dx))
+    raise ValueError(f"shape={shape!r} is unknown")
+
+
 def shape_mask(spec: SceneSpec, size: int, rng: np.random.Generator) -> np.ndarray:
     """Anti-aliased coverage of the shape in [0, 1], shape (size, size)."""
     big = size * SUPERSAMPLE
@@ -74,18 +88,7 @@ def shape_mask(spec: SceneSpec, size: int, rng: np.random.Generator) -> np.ndarr
     cy += rng.uniform(-0.035, 0.035)
     r = RADIUS[spec.size] * rng.uniform(0.9, 1.1)
     y, x = (np.mgrid[0:big, 0:big].astype(np.float32) + 0.5) / big
-    dx, dy = x - cx, y - cy
-    if spec.shape == "circle":
-        inside = dx**2 + dy**2 <= r**2
-    elif spec.shape == "square":
-        inside = (np.abs(dx) <= r * 0.9) & (np.abs(dy) <= r * 0.9)
-    elif spec.shape == "diamond":
-        inside = np.abs(dx) + np.abs(dy) <= r * 1.25
-    elif spec.shape == "triangle":
-        # Upward triangle inscribed in the circle of radius r.
-        inside = (dy <= r * 0.5) & (dy >= -r + 1.732 * np.abs(dx))
-    else:
-        raise ValueError(f"shape={spec.shape!r} is unknown")
+    inside = inside_shape(spec.shape, x - cx, y - cy, r)
     return inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)).astype(np.float32)
 
 

@@ -1,7 +1,7 @@
 """Measure the embedded model: prompt adherence on held-out prompts, a sample grid, CPU time per image.
 
 ``python -m h2cache.training.evaluate --help``. Adherence is judged by the scene parser
-(object colour, position and background texture must all match the prompt).
+(object colour, position, shape and background texture must all match the prompt).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: 
 
 
 def adherence(pipe, specs, steps: int, cfg: float, size: int, batch: int = 40) -> dict:
-    fields = {"color": 0, "position": 0, "texture": 0, "all": 0}
+    fields = {"color": 0, "position": 0, "texture": 0, "shape": 0, "all": 0}
     images = []
     for i in tqdm(range(0, len(specs), batch), desc=f"{steps} steps"):
         chunk = specs[i : i + batch]
@@ -40,6 +40,7 @@ def adherence(pipe, specs, steps: int, cfg: float, size: int, batch: int = 40) -
             fields["color"] += r.color_ok
             fields["position"] += r.position_ok
             fields["texture"] += r.texture_ok
+            fields["shape"] += r.shape_ok
             fields["all"] += r.ok
         images.extend(imgs)
     n = len(specs)
