@@ -5,31 +5,44 @@ Gradio's queue. Environment:
     GRADIO_SERVER_NAME / GRADIO_SERVER_PORT  where to listen (default 127.0.0.1:7860; 0.0.0.0:7860 on a Space)
     H2CACHE_EMBEDDED_MODEL                   another directory for the embedded model (read by h2cache.pipelines)
     HF_TOKEN                                 for the gated FLUX.1 repositories (GPU machines only)
+    H2CACHE_SETTINGS                         another settings file instead of space.yaml (tests use it)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
+from h2cache import H2CacheConfig
 from h2cache.metrics import lpips_availability
 
 from ui.layout import build_demo
 from ui.models import ModelRegistry
+from ui.queue_guard import harden_queue
+from ui.request_guard import RequestGuard
 from ui.server_address import server_address
+from ui.validation import INPUT_FIELDS
 from ui.settings import DEFAULT_SETTINGS_PATH, AppSettings, load_settings
 
 ROOT = Path(__file__).resolve().parent
 CSS_PATH = ROOT / "assets" / "app.css"
 log = logging.getLogger("h2cache.app")
+# The unqueued handlers the page itself calls (step scrubber, model picker, examples); nothing else but /generate.
+PAGE_HANDLERS = ("show_step", "on_model_change", "load_example")
+# Calls that send only the first ten inputs get the H2CacheConfig options at the library's defaults (off).
+OPTION_DEFAULTS = tuple(getattr(H2CacheConfig(), name) for name in INPUT_FIELDS[len(INPUT_FIELDS) - 4:])
+# Sessions whose state Gradio keeps (least recently used first out); each holds only a small key.
+STATE_SESSION_CAPACITY = 1000
 
 
 def create_app(settings: AppSettings | None = None, registry: ModelRegistry | None = None) -> tuple[gr.Blocks, AppSettings, ModelRegistry]:
     """The queued Blocks app, its settings and its model registry (default model already loaded)."""
-    settings = settings or load_settings(DEFAULT_SETTINGS_PATH)
+    settings = settings or load_settings(os.environ.get("H2CACHE_SETTINGS") or DEFAULT_SETTINGS_PATH)
     registry = registry or ModelRegistry(settings)
     try:
         # Load before the first request, so nobody's first click pays for it (and, on ZeroGPU,
@@ -40,7 +53,9 @@ def create_app(settings: AppSettings | None = None, registry: ModelRegistry | No
     # Finding out whether LPIPS can load (it may try a download) must not delay startup or the first result.
     threading.Thread(target=lpips_availability, name="lpips-warmup", daemon=True).start()
     demo = build_demo(settings, registry)
-    demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.queue_max_size)
+    # api_open=False: queued functions cannot be called around the queue (and its limits) via /run.
+    demo.queue(default_concurrency_limit=1, max_size=settings.queue_max_size, api_open=False)
+    harden_queue(demo, max_total=settings.queue_max_size, api_name="generate", optional_tail=OPTION_DEFAULTS)
     return demo, settings, registry
 
 
@@ -49,7 +64,13 @@ def main() -> None:
     demo, settings, _ = create_app()
     host, port = server_address(settings.host, settings.port)
     css = CSS_PATH.read_text(encoding="utf-8") if CSS_PATH.exists() else None
-    demo.launch(server_name=host, server_port=port, css=css, show_error=True)
+    guard = Middleware(RequestGuard, demo=demo, public_api="generate", page_handlers=PAGE_HANDLERS)
+    demo.launch(server_name=host, server_port=port, css=css,
+                # gr.Error messages (ours, written for users) are shown; other exception text is not.
+                show_error=False,
+                max_file_size=0,  # the app takes no files; RequestGuard refuses uploads before this
+                state_session_capacity=STATE_SESSION_CAPACITY,
+                app_kwargs={"middleware": [guard]})
 
 
 if __name__ == "__main__":

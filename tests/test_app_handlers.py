@@ -377,7 +377,7 @@ def test_model_change_applies_that_models_ranges(settings):
 
 
 def test_space_yaml_is_read_and_checked(settings, tmp_path):
-    assert settings.defaults.model == "embedded" and settings.concurrency_limit >= 1
+    assert settings.defaults.model == "embedded" and settings.queue_max_size >= 1
     embedded = settings.model("embedded")
     assert (embedded.min_size, embedded.max_size, embedded.size_multiple) == (32, 128, 16)
     assert (embedded.default_size, embedded.default_steps) == (64, 28)  # from h2cache.generation_defaults

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -15,6 +16,7 @@ from matplotlib.figure import Figure
 import h2cache
 
 from .difference import difference_map
+from .cancellation import ClientGone, StoppableProgress, event_probe, exclusive_run
 from .details import comparison_details
 from .gpu import on_gpu
 from .job import JobResult, register_models, run_job
@@ -90,6 +92,17 @@ def _split_sizes(registry: ModelRegistry, key: str) -> tuple[int, int]:
     return len(split.stage1), len(split.stage2)
 
 
+# Absolute paths say how the server is laid out; clients get the message without them.
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/][^\s'\"]+")
+
+
+def client_message(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, without file-system paths, at most `limit` characters."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+    text = _PATH.sub("<path>", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..., tuple[Any, ...]]:
     """The generate handler, bound to this app's settings and models."""
     gpu_job = on_gpu(run_job, settings.zero_gpu_duration)
@@ -111,18 +124,24 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
             "final_full_steps": final_full_steps, "skip_stage2_probe_on_hit": skip_stage2_probe_on_hit,
         })
 
+        why = event_probe()
+        steps = StoppableProgress(progress, why)  # polled at every step: an abandoned request stops there
         try:
-            progress(0.0, desc="Starting the baseline run")
-            result = gpu_job(registry_id, request, progress)
+            progress(0.0, desc="Waiting for the previous comparison to finish")
+            with exclusive_run(why):
+                result = gpu_job(registry_id, request, steps)
             progress(1.0, desc="Drawing plots")
             return build_outputs(request, result, registry, settings.diff_gain).as_tuple()
         except gr.Error:
             raise
+        except ClientGone as exc:
+            log.info("comparison stopped: %s (%s)", exc, request)
+            raise gr.Error(f"Stopped: {exc}.", title="Stopped", print_exception=False) from None
         except Exception as exc:  # any failure becomes a message; the server and the next request carry on
             log.exception("comparison failed for %s", request)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            raise gr.Error(html.escape(f"Generation failed ({type(exc).__name__}): {exc}", quote=False),
+            raise gr.Error(html.escape(f"Generation failed ({type(exc).__name__}): {client_message(exc)}", quote=False),
                            title="Generation failed") from exc
 
     return generate

@@ -17,6 +17,7 @@ from .settings import AppSettings
 from .validation import make_validator
 
 IMAGE_HEIGHT = 256
+STATE_TTL_SECONDS = 3600
 
 INTRO = (
     "One click runs the same prompt, seed, size and step count twice: the uncached **baseline** and "
@@ -58,7 +59,8 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
     defaults, limits = settings.defaults, settings.limits
     c: dict[str, Any] = {}  # output components by GenerateOutputs field name
 
-    with gr.Blocks(title=settings.title) as demo:
+    # Output files (PNGs) older than an hour are deleted every ten minutes, so the disk does not fill.
+    with gr.Blocks(title=settings.title, delete_cache=(600, 3600)) as demo:
         gr.Markdown(f"# {settings.title}\n{INTRO}")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
@@ -124,7 +126,9 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
             c["details"] = gr.JSON(label="Details", elem_id="details")
         with gr.Accordion("About H2-Cache", open=False, elem_id="about"):
             gr.Markdown(about_markdown(spec.label, registry.stage_split(registry.default_key)))
-        c["scrub_state"] = gr.State()
+        # A key into the server's bounded preview store plus a few numbers per step (ui/scrubber.py);
+        # dropped after an hour, even for API sessions, which are never closed.
+        c["scrub_state"] = gr.State(time_to_live=STATE_TTL_SECONDS)
 
         inputs = [prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2, *options]  # INPUT_FIELDS order
         gr.on(
@@ -137,7 +141,9 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
             # Raw payloads reach our own checks, which name the field and its range
             # (component preprocessing would reject with generic messages first).
             preprocess=False,
-            concurrency_limit="default",
+            # One comparison at a time: another request's runs or post-processing (plots, PNG encoding)
+            # beside a timed run would distort its wall-clock speedup.
+            concurrency_limit=1,
         )
         c["scrub_step"].input(show_step, inputs=[c["scrub_step"], c["scrub_state"]],
                               outputs=[c["preview_baseline"], c["preview_cached"], c["preview_caption"]],

@@ -86,7 +86,6 @@ class AppSettings:
     title: str
     host: str
     port: int
-    concurrency_limit: int
     queue_max_size: int
     zero_gpu_duration: int
     limits: Limits
@@ -177,7 +176,6 @@ def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
         title=_get(raw, "title", str, "<root>", "H2-Cache comparison"),
         host=_get(server, "host", str, "server", "127.0.0.1"),
         port=_get(server, "port", int, "server", 7860),
-        concurrency_limit=_get(queue, "default_concurrency_limit", int, "queue", 1),
         queue_max_size=_get(queue, "max_size", int, "queue", 32),
         zero_gpu_duration=_get(raw, "zero_gpu_duration", int, "<root>", 120),
         limits=limits,
