@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -37,7 +38,8 @@ def test_prompt_generate_shows_both_images_and_the_metrics_table(page, app_serve
     metrics = page.locator("#metrics")
     for label in ("Wall time", "Speedup", "Blocks executed", "Stage-1 hits", "Calls forced full by a guard", "PSNR vs baseline", "SSIM vs baseline", "LPIPS"):
         assert metrics.get_by_text(label).count() >= 1, f"metrics table lacks {label!r}"
-    assert page.locator("#summary").inner_text().startswith("H2-Cache ran")
+    summary = page.locator("#summary").inner_text()
+    assert summary.startswith("H2-Cache skipped") and "wall clock, measured" in summary and "does not depend on load" in summary
     assert page.locator("#stage1-plot img").count() == 1 and page.locator("#compute-map img").count() == 1
     assert page.get_by_text("Step 8/8").count() == 1  # the scrubber now covers the 8 steps that ran
     assert not errors, errors
@@ -62,3 +64,41 @@ def test_advanced_options_are_in_the_page_and_checked_against_the_step_count(pag
     set_number(page, "warmup-steps", 9)
     page.locator("#generate").click()
     page.get_by_text("warmup_steps must be a whole number from 0 to 4, got 9").first.wait_for(timeout=60_000)
+
+
+def test_one_step_runs_through_the_page(page, app_server):
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    run_comparison_in_page(page, app_server.url, PROMPT, steps=1)
+    assert page.get_by_text("Step 1/1").count() == 1
+    assert page.get_by_text("Generation failed").count() == 0
+    assert not errors, errors
+
+
+def test_a_long_validation_message_is_shown_whole(page, app_server):
+    page.goto(app_server.url, wait_until="domcontentloaded")
+    set_number(page, "width", 72)
+    page.locator("#generate").click()
+    message = page.get_by_text("width must be a whole number from 32 to 128 in multiples of 16, got 72").first
+    message.wait_for(timeout=60_000)
+    # The message is drawn over its field, inside a box that clips: all of it must lie within that box.
+    inside = message.evaluate(
+        "e => { const m = e.getBoundingClientRect(), box = e.parentElement.getBoundingClientRect();"
+        " return m.top >= box.top - 1 && m.bottom <= box.bottom + 1 && e.scrollHeight <= e.clientHeight + 1; }")
+    assert inside
+
+
+def test_closing_the_tab_stops_the_running_comparison(page, app_server):
+    tab = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.goto(app_server.url, wait_until="domcontentloaded")
+    tab.locator("#prompt textarea").wait_for(state="visible", timeout=120_000)
+    set_number(tab, "steps", 100)
+    set_number(tab, "width", 128)
+    set_number(tab, "height", 128)
+    tab.locator("#generate").click()
+    tab.get_by_text("Baseline run: step").first.wait_for(timeout=120_000)
+    tab.close()
+    deadline = time.monotonic() + 60
+    while "comparison stopped:" not in app_server.log_tail(50_000):
+        assert time.monotonic() < deadline, app_server.log_tail()
+        time.sleep(0.2)
