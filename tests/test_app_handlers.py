@@ -158,21 +158,33 @@ def test_plots_show_thresholds_and_forced_hits(cached):
 
 def test_scrubber_shows_each_runs_prediction_per_step(cached):
     state = cached["scrub_state"]
-    baseline, cached_previews = PREVIEWS.get(state["previews"])
-    assert len(baseline) == len(cached_previews) == state["steps"] == STEPS
+    key = state["previews"]
+    assert PREVIEWS.steps(key) == state["steps"] == STEPS
+    last_b, last_c = PREVIEWS.step(key, STEPS - 1)
     assert cached["scrub_step"].maximum == STEPS and cached["scrub_step"].value == STEPS
-    assert np.array_equal(cached["preview_baseline"], baseline[-1])
+    assert np.array_equal(cached["preview_baseline"], last_b) and np.array_equal(cached["preview_cached"], last_c)
     first_b, first_c, caption = show_step(1, state)
-    assert first_b is baseline[0] and first_c is cached_previews[0]
+    assert np.array_equal(first_b, PREVIEWS.step(key, 0)[0]) and np.array_equal(first_c, PREVIEWS.step(key, 0)[1])
+    assert first_b.shape == (64, 64, 3) and first_b.dtype == np.uint8
     assert caption.startswith(f"**Step 1/{STEPS}**") and "no reference yet" in caption
-    assert not np.array_equal(baseline[0], baseline[-1]), "previews must change over the steps"
-    assert show_step(99, state)[0] is baseline[-1]  # clamped
+    assert not np.array_equal(first_b, last_b), "previews must change over the steps"
+    assert np.array_equal(show_step(99, state)[0], last_b)  # clamped
     assert show_step(1, None)[0] is None
     # Whatever a client sends as the step or the state, the handler answers without raising.
     for step in ("abc", float("nan"), 10**400, None):
-        assert show_step(step, state)[0] is baseline[-1]
+        assert np.array_equal(show_step(step, state)[0], last_b)
     for bad_state in ({"steps": 3, "previews": "not-a-key"}, {"steps": 3, "previews": ["x"]}, "text", 7):
         assert show_step(1, bad_state)[0] is None
+
+
+def test_previews_are_stored_losslessly(registry):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    key = PREVIEWS.put(images, images[::-1])
+    for i in range(3):
+        b, c = PREVIEWS.step(key, i)
+        assert np.array_equal(b, images[i]) and np.array_equal(c, images[2 - i])
+    assert PREVIEWS.step(key, 3) is None
 
 
 def test_session_state_holds_a_key_not_the_images(cached):
@@ -183,12 +195,15 @@ def test_session_state_holds_a_key_not_the_images(cached):
 
 
 def test_preview_store_keeps_its_byte_budget_and_says_when_a_comparison_expired():
-    image = np.zeros((64, 64, 3), np.uint8)
-    per_comparison = 2 * 10 * image.nbytes
+    rng = np.random.default_rng(1)
+    noise = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(10)]  # PNG cannot shrink noise
+    probe = PreviewStore()
+    probe.put(noise, noise)
+    per_comparison = probe.nbytes
     store = PreviewStore(max_bytes=3 * per_comparison)
-    keys = [store.put([image] * 10, [image] * 10) for _ in range(10)]
+    keys = [store.put(noise, noise) for _ in range(10)]
     assert len(store) == 3 and store.nbytes <= 3 * per_comparison
-    assert store.get(keys[0]) is None and store.get(keys[-1]) is not None
+    assert store.steps(keys[0]) is None and store.steps(keys[-1]) == 10
     state = {"previews": keys[0], "steps": 10, "sigmas": [], "decisions": []}
     assert step_view(state, 1, store)[:2] == (None, None)
     assert "no longer kept" in step_view(state, 1, store)[2]

@@ -1,31 +1,34 @@
 """Step previews kept on the server for the scrubber, within a fixed memory budget.
 
-Sessions never hold the images themselves: a session's state holds a key into this store. Stored
-comparisons are evicted oldest-first once their bytes exceed the budget, so memory stays bounded
-however many sessions or API clients call the app (API sessions are never closed).
+Sessions never hold the images themselves: a session's state holds a key into this store. Previews
+are kept PNG-compressed (lossless; a step is decoded when it is shown), and stored comparisons are
+evicted oldest-first once their bytes exceed the budget, so memory stays bounded however many
+sessions or API clients call the app (API sessions are never closed).
 
 Example:
     >>> import numpy as np
     >>> store = PreviewStore(max_bytes=10_000)
     >>> key = store.put([np.zeros((8, 8, 3), np.uint8)], [np.ones((8, 8, 3), np.uint8)])
-    >>> store.get(key)[1][0].max()
-    1
+    >>> store.steps(key), store.step(key, 0)[1].max()
+    (1, 1)
 """
 
 from __future__ import annotations
 
+import io
 import secrets
 import threading
 from collections import OrderedDict
 
 import numpy as np
+from PIL import Image
 
 # A preview is shown at most this many pixels on a side; larger ones (FLUX.1 at 1024x1024) are
 # stored reduced, so one 50-step FLUX.1 comparison costs ~20 MB, not ~300 MB.
 MAX_PREVIEW_SIDE = 256
-DEFAULT_MAX_BYTES = 96 * 2**20
+DEFAULT_MAX_BYTES = 24 * 2**20  # ~60 comparisons of 20 steps at 128x128, ~10 of 50 FLUX.1 steps
 
-Previews = tuple[list[np.ndarray], list[np.ndarray]]  # (baseline, cached), one image per step
+Encoded = tuple[list[bytes], list[bytes]]  # (baseline, cached) PNGs, one per step
 
 
 def reduce_preview(image: np.ndarray, max_side: int = MAX_PREVIEW_SIDE) -> np.ndarray:
@@ -38,30 +41,40 @@ def reduce_preview(image: np.ndarray, max_side: int = MAX_PREVIEW_SIDE) -> np.nd
     return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
 
 
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)  # fast; previews are small
+    return buffer.getvalue()
+
+
+def _array(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 class PreviewStore:
     """Thread-safe, byte-bounded, least-recently-used store of each comparison's step previews."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[Previews, int]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Encoded, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def put(self, baseline: list[np.ndarray], cached: list[np.ndarray]) -> str:
         """Store one comparison's previews; returns the key a session keeps."""
-        previews = ([reduce_preview(x) for x in baseline], [reduce_preview(x) for x in cached])
-        size = sum(x.nbytes for run in previews for x in run)
+        encoded = ([_png(reduce_preview(x)) for x in baseline], [_png(reduce_preview(x)) for x in cached])
+        size = sum(len(x) for run in encoded for x in run)
         key = secrets.token_urlsafe(12)
         with self._lock:
-            self._items[key] = (previews, size)
+            self._items[key] = (encoded, size)
             self._bytes += size
             while self._bytes > self.max_bytes and len(self._items) > 1:
                 _, (_, dropped) = self._items.popitem(last=False)
                 self._bytes -= dropped
         return key
 
-    def get(self, key: object) -> Previews | None:
-        """The previews under `key`, or None if they were evicted (or the key is not one of ours)."""
+    def _encoded(self, key: object) -> Encoded | None:
         if not isinstance(key, str):
             return None
         with self._lock:
@@ -70,6 +83,18 @@ class PreviewStore:
                 return None
             self._items.move_to_end(key)
             return item[0]
+
+    def steps(self, key: object) -> int | None:
+        """How many steps are stored under `key`; None if evicted (or the key is not one of ours)."""
+        encoded = self._encoded(key)
+        return None if encoded is None else len(encoded[0])
+
+    def step(self, key: object, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(baseline, cached) previews of 0-based step `index`; None if evicted or out of range."""
+        encoded = self._encoded(key)
+        if encoded is None or not 0 <= index < len(encoded[0]):
+            return None
+        return _array(encoded[0][index]), _array(encoded[1][index])
 
     @property
     def nbytes(self) -> int:

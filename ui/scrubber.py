@@ -50,17 +50,20 @@ def step_view(state: Any, step: Any, store: PreviewStore = PREVIEWS) -> tuple[np
     """
     if not isinstance(state, dict) or not state.get("steps"):
         return None, None, EMPTY_CAPTION
-    previews = store.get(state.get("previews"))
-    if previews is None:
+    key = state.get("previews")
+    count = store.steps(key)
+    if not count:
         return None, None, EXPIRED_CAPTION
-    baseline, cached = previews
-    count = len(baseline)
     try:
         index = min(max(int(float(step)), 1), count) - 1
     except (TypeError, ValueError, OverflowError):
         index = count - 1
+    shown = store.step(key, index)
+    if shown is None:  # evicted between the two look-ups
+        return None, None, EXPIRED_CAPTION
+    baseline, cached = shown
     sigmas, decisions = state.get("sigmas") or [], state.get("decisions") or []
     sigma = sigmas[index] if index < len(sigmas) else float("nan")
     decision = decisions[index] if index < len(decisions) else ""
     caption = f"**Step {index + 1}/{count}** (σ = {sigma:.3f}) — predicted clean image. H2-Cache {decision}."
-    return baseline[index], cached[index], caption
+    return baseline, cached, caption
