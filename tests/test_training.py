@@ -86,3 +86,26 @@ def test_v2_phases_chain_and_export_a_one_call_per_step_model(tmp_path):
     image = pipe("a small red circle at the center on a plain blue background", num_inference_steps=2,
                  output_type="np", **{k: v for k, v in defaults.items() if k != "num_inference_steps"}).images[0]
     assert image.shape == (128, 128, 3) and len(calls) == 2  # one transformer call per step
+
+
+def test_a_phase_can_start_from_an_exported_model(tmp_path):
+    """A partly trained export is a resume point: the next phase starts from its weights."""
+    from h2cache.pipelines import EMBEDDED_MODEL_DIR
+    from h2cache.training.vae import import_vae
+
+    import_vae(EMBEDDED_MODEL_DIR, tmp_path)
+    small = render_dataset(tmp_path / "scenes_64.npz", 4, 64, seed=3)
+    train_transformer(small, tmp_path, steps=1, batch_size=2, arch="v2", phase="pretrain")
+    key = "single_transformer_blocks.3.proj_out.weight"
+    state = load_checkpoint(tmp_path / "pretrain.pt")
+    state["ema"][key] += 0.25
+    save_checkpoint(tmp_path / "pretrain.pt", **state)
+    exported = export_pipeline(tmp_path, tmp_path / "partial", arch="v2")
+    assert "true_cfg_scale" in json.loads((exported / "generation_defaults.json").read_text())  # not distilled yet
+
+    other = tmp_path / "resumed"
+    import_vae(EMBEDDED_MODEL_DIR, other)
+    large = render_dataset(other / "scenes_128.npz", 4, 128, seed=3)
+    train_transformer(large, other, steps=1, batch_size=2, arch="v2", phase="finetune", init_weights=exported)
+    started = load_checkpoint(other / "finetune.pt")["model"]
+    assert (started[key] - state["ema"][key]).abs().max() < 1e-2

@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="transformer batch size (default: the phase's)")
     p.add_argument("--minutes", type=float, default=None, help="stop the current stage after this many minutes (resume later)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start a phase that has no checkpoint yet from this FluxPipeline directory's transformer "
+                        "(e.g. a partly trained export), instead of from the previous phase")
     p.add_argument("--device", default="cpu", help="torch device for encoding and training, e.g. cuda (default: cpu)")
     return p.parse_args(argv)
 
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [ph.name for ph in plan]
     if args.stage not in ("vae", "export", "all", *names):
         raise SystemExit(f"--stage {args.stage} is not a phase of --arch {args.arch}: choose from {names}")
+    if args.init_from and args.stage not in names:
+        # With several phases in one run, only the first should start from it; naming the phase says which.
+        raise SystemExit(f"--init-from needs --stage set to one phase of {args.arch}: {names}")
     stages = ("vae", *names, "export") if args.stage == "all" else (args.stage,)
     if "vae" in stages:
         if args.vae_from:
@@ -78,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
             data = render_dataset(work / f"scenes_{phase.size}.npz", args.images, phase.size, SEED)
             train_transformer(data, work, steps=phase_steps(args, phase.name), batch_size=args.batch_size,
-                              minutes=args.minutes, arch=args.arch, phase=phase.name, device=args.device)
+                              minutes=args.minutes, arch=args.arch, phase=phase.name, device=args.device,
+                              init_weights=args.init_from)
     if "export" in stages:
         from .export import export_pipeline
 

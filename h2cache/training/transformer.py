@@ -150,6 +150,16 @@ def load_ema(work: Path, arch: str, phase_name: str) -> torch.nn.Module:
     return model
 
 
+def load_exported(model_dir: Path, arch: str) -> torch.nn.Module:
+    """The transformer of an exported FluxPipeline directory, checked against `arch`'s shape."""
+    from diffusers import FluxTransformer2DModel
+
+    exported = FluxTransformer2DModel.from_pretrained(Path(model_dir) / "transformer", local_files_only=True)
+    model = build_transformer(arch)
+    model.load_state_dict(exported.state_dict())  # fails loudly if the shapes differ
+    return model
+
+
 class Denoiser:
     """Calls a FLUX transformer on packed latents with a fixed text/image position layout."""
 
@@ -169,10 +179,12 @@ class Denoiser:
 
 def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch_size: int | None = None,
                       lr: float | None = None, minutes: float | None = None, save_every: int = 200,
-                      arch: str = "v1", phase: str | None = None, device: str = "cpu") -> Path:
+                      arch: str = "v1", phase: str | None = None, device: str = "cpu",
+                      init_weights: Path | None = None) -> Path:
     """Train (or resume) one phase of `arch`'s plan on `data` (images at the phase's size); returns the checkpoint.
 
-    Resumes from ``<work>/<phase>.pt``; a phase that has not started yet begins from the EMA of its
+    Resumes from ``<work>/<phase>.pt``; a phase that has not started yet begins from `init_weights` (a
+    FluxPipeline directory, e.g. an exported partly trained model) if given, else from the EMA of its
     ``init_from`` phase. Stops at `steps` or after `minutes` of this run.
     """
     work = Path(work)
@@ -186,7 +198,9 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     ckpt_path = checkpoint_path(work, spec)
     model = build_transformer(arch)
     state = load_checkpoint(ckpt_path)
-    if state is None and spec.init_from:
+    if state is None and init_weights is not None:
+        model.load_state_dict(load_exported(init_weights, arch).state_dict())
+    elif state is None and spec.init_from:
         model.load_state_dict(load_ema(work, arch, spec.init_from).state_dict())
     model = model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
