@@ -58,6 +58,11 @@ def _local_defaults(model_dir: Path) -> dict[str, Any] | None:
     return defaults
 
 
+def _embedded_defaults() -> dict[str, Any]:
+    # The shipped directory's own file wins: it is written by the export that produced the weights.
+    return _local_defaults(EMBEDDED_MODEL_DIR) or GENERATION_DEFAULTS[EMBEDDED]
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -89,8 +94,8 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
                 f"embedded model not found at {EMBEDDED_MODEL_DIR}; train it with `python -m h2cache.training` "
                 "or set H2CACHE_EMBEDDED_MODEL")
         pipe = FluxPipeline.from_pretrained(EMBEDDED_MODEL_DIR, local_files_only=True, dtype=dtype or torch.float32)
-        # pipe(prompt) without a size then renders at the trained 64x64, not FLUX's 1024.
-        pipe.default_sample_size = GENERATION_DEFAULTS[EMBEDDED]["height"] // pipe.vae_scale_factor
+        # pipe(prompt) without a size then renders at the trained size, not FLUX's 1024.
+        pipe.default_sample_size = _embedded_defaults()["height"] // pipe.vae_scale_factor
     else:
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -118,8 +123,11 @@ def generation_defaults(pipe_or_model: Any = None) -> dict[str, Any]:
         key = str(pipe_or_model or EMBEDDED)
         if key != EMBEDDED and Path(key).is_dir():
             return dict(_local_defaults(Path(key)) or {})
-        return dict(GENERATION_DEFAULTS.get(key, {}))
-    local = getattr(pipe_or_model, "_h2cache_defaults", None)
-    if local is not None:
-        return dict(local)
-    return dict(GENERATION_DEFAULTS.get(getattr(pipe_or_model, "_h2cache_model", None), {}))
+    else:
+        local = getattr(pipe_or_model, "_h2cache_defaults", None)
+        if local is not None:
+            return dict(local)
+        key = getattr(pipe_or_model, "_h2cache_model", None)
+    if key == EMBEDDED:
+        return dict(_embedded_defaults())
+    return dict(GENERATION_DEFAULTS.get(key, {}))
