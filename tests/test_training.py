@@ -56,7 +56,12 @@ def test_v2_phases_chain_and_export_a_one_call_per_step_model(tmp_path):
     import_vae(EMBEDDED_MODEL_DIR, tmp_path)
     small = render_dataset(tmp_path / "scenes_64.npz", 4, 64, seed=3)
     large = render_dataset(tmp_path / "scenes_128.npz", 4, 128, seed=3)
-    train_transformer(small, tmp_path, steps=1, batch_size=2, arch="v2", phase="pretrain")
+    train_transformer(small, tmp_path, steps=1, batch_size=2, arch="v2", phase="pretrain", snapshot_every=1)
+    from h2cache.training.curve import main as curve
+
+    assert curve(["--work", str(tmp_path), "--phase", "pretrain", "--prompts", "2", "--steps", "2"]) == 0
+    rows = json.loads((tmp_path / "snapshots" / "curve_pretrain.json").read_text())
+    assert [r["training_step"] for r in rows] == [1] and set(rows[0]) >= {"color", "position", "texture", "shape", "all"}
     # Mark the pretrained EMA, so that a fine-tune that started from a fresh (seeded) init would show.
     key = "transformer_blocks.0.attn.to_q.weight"
     state = load_checkpoint(tmp_path / "pretrain.pt")

@@ -20,21 +20,24 @@ from tqdm.auto import tqdm
 from ..scenes import check, sample_specs
 
 
-def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float, size: int) -> list[np.ndarray]:
-    out = pipe(
-        prompt=prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], num_inference_steps=steps,
-        height=size, width=size, max_sequence_length=16, output_type="np", true_cfg_scale=cfg,
-        negative_prompt=[""] * len(prompts) if cfg > 1 else None,
-    )
+def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, call: dict) -> list[np.ndarray]:
+    """One batch at `steps` steps; `call` holds the other pipeline arguments (size, guidance)."""
+    call = dict(call)
+    if call.get("true_cfg_scale", 1.0) > 1:
+        call["negative_prompt"] = [""] * len(prompts)
+    else:
+        call.pop("negative_prompt", None)
+    out = pipe(prompt=prompts, generator=[torch.Generator().manual_seed(s) for s in seeds],
+               num_inference_steps=steps, output_type="np", **call)
     return [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in out.images]
 
 
-def adherence(pipe, specs, steps: int, cfg: float, size: int, batch: int = 40) -> dict:
+def adherence(pipe, specs, steps: int, call: dict, batch: int = 40) -> dict:
     fields = {"color": 0, "position": 0, "texture": 0, "shape": 0, "all": 0}
     images = []
     for i in tqdm(range(0, len(specs), batch), desc=f"{steps} steps"):
         chunk = specs[i : i + batch]
-        imgs = generate_batch(pipe, [s.prompt() for s in chunk], list(range(i, i + len(chunk))), steps, cfg, size)
+        imgs = generate_batch(pipe, [s.prompt() for s in chunk], list(range(i, i + len(chunk))), steps, call)
         for spec, img in zip(chunk, imgs):
             r = check(img, spec)
             fields["color"] += r.color_ok
@@ -65,29 +68,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None, help="FluxPipeline directory (default: the embedded model)")
     p.add_argument("--prompts", type=int, default=120, help="held-out prompts to judge (default: 120)")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 28, 50])
-    p.add_argument("--true-cfg-scale", type=float, default=1.0)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--out", type=Path, default=None, help="where to write results.json and samples.png (default: the model dir)")
+    p.add_argument("--true-cfg-scale", type=float, default=None, help="default: the model's generation defaults")
+    p.add_argument("--guidance-scale", type=float, default=None, help="distilled guidance (default: the model's)")
+    p.add_argument("--size", type=int, default=None, help="default: the model's trained size")
+    p.add_argument("--out", type=Path, default=None, help="where to write eval.json and samples.png (default: the model dir)")
     args = p.parse_args(argv)
 
-    from ..pipelines import load_pipeline
+    from ..pipelines import generation_defaults, load_pipeline
 
     pipe = load_pipeline(str(args.model) if args.model else None, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    out = args.out or Path(pipe.config._name_or_path if hasattr(pipe.config, "_name_or_path") else ".")
+    call = {k: v for k, v in generation_defaults(pipe).items() if k != "num_inference_steps"}
+    if args.size:
+        call["height"] = call["width"] = args.size
+    if args.true_cfg_scale is not None:
+        call["true_cfg_scale"] = args.true_cfg_scale
+    if args.guidance_scale is not None:
+        call["guidance_scale"] = args.guidance_scale
+    out = args.out or Path(args.model or pipe.config._name_or_path)
     out.mkdir(parents=True, exist_ok=True)
     specs = sample_specs(args.prompts, seed=123, held_out=True)
     results = []
     for steps in args.steps:
-        res, images = adherence(pipe, specs, steps, args.true_cfg_scale, args.size)
+        res, images = adherence(pipe, specs, steps, call)
         results.append(res)
         print(json.dumps(res))
         if steps == 28 or steps == args.steps[0]:
             save_grid(images[:32], [s.prompt() for s in specs[:32]], out / "samples.png")
     start = time.perf_counter()
-    generate_batch(pipe, [specs[0].prompt()], [0], 28, args.true_cfg_scale, args.size)
+    generate_batch(pipe, [specs[0].prompt()], [0], 28, call)
     seconds = time.perf_counter() - start
-    summary = {"true_cfg_scale": args.true_cfg_scale, "size": args.size, "adherence": results,
+    summary = {"call": {k: v for k, v in call.items() if k != "negative_prompt"}, "adherence": results,
                "cpu_seconds_28_steps_one_image": seconds, "threads": torch.get_num_threads()}
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

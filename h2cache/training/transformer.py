@@ -140,6 +140,10 @@ def checkpoint_path(work: Path, phase: Phase) -> Path:
     return Path(work) / f"{phase.name}.pt"
 
 
+def snapshot_path(work: Path, phase: Phase, step: int) -> Path:
+    return Path(work) / "snapshots" / f"{phase.name}_{step:06d}.pt"
+
+
 def load_ema(work: Path, arch: str, phase_name: str) -> torch.nn.Module:
     """The EMA model a finished (or stopped) phase left behind."""
     state = load_checkpoint(checkpoint_path(work, phase_named(arch, phase_name)))
@@ -180,7 +184,7 @@ class Denoiser:
 def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch_size: int | None = None,
                       lr: float | None = None, minutes: float | None = None, save_every: int = 200,
                       arch: str = "v1", phase: str | None = None, device: str = "cpu",
-                      init_weights: Path | None = None) -> Path:
+                      init_weights: Path | None = None, snapshot_every: int = 500) -> Path:
     """Train (or resume) one phase of `arch`'s plan on `data` (images at the phase's size); returns the checkpoint.
 
     Resumes from ``<work>/<phase>.pt``; a phase that has not started yet begins from `init_weights` (a
@@ -263,6 +267,9 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
             log.write(step, loss=running)
         if step % save_every == 0 or done:
             save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step)
+        if snapshot_every and step % snapshot_every == 0:
+            # Kept for the curve of adherence against training steps (python -m h2cache.training.curve).
+            save_checkpoint(snapshot_path(work, spec, step), ema=ema.state_dict(), step=step)
         if done:
             break
     bar.close()
