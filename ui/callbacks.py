@@ -125,11 +125,11 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
         })
 
         why = event_probe()
-        steps = StoppableProgress(progress, why)  # polled at every step: an abandoned request stops there
+        per_step = StoppableProgress(progress, why)  # polled at every step: an abandoned request stops there
         try:
-            progress(0.0, desc="Waiting for the previous comparison to finish")
+            progress(0.0, desc="Starting the baseline run")
             with exclusive_run(why):
-                result = gpu_job(registry_id, request, steps)
+                result = gpu_job(registry_id, request, per_step)
             progress(1.0, desc="Drawing plots")
             return build_outputs(request, result, registry, settings.diff_gain).as_tuple()
         except gr.Error:

@@ -5,7 +5,8 @@ address), sends a fixed number of /generate requests through gradio_client like 
 one table, and stops by itself (``--max-seconds`` bounds the whole run). It never talks to another host.
 
 Scenarios:
-    sequential  N requests one after another: latency, errors, server RSS at start and end.
+    sequential  N requests one after another: latency, errors, server RSS at start and end (after
+                ``--warmup`` requests, which no figure counts).
     burst       N requests at once: how many were queued, how many refused as "queue full".
     speedup     the same N requests sent together, then one at a time: the wall-clock speedup and the
                 compute saved each reports (they should agree however the requests arrive).
@@ -155,6 +156,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tau2", type=float, default=0.22)
     p.add_argument("--pool1", type=int, default=2048)
     p.add_argument("--pool2", type=int, default=384)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="requests sent first and left out of every figure, RSS included: the first calls at a "
+                        "new size fill caches that a leak test must not count (default: 3)")
     p.add_argument("--url", default=None, help="a running app on 127.0.0.1 (default: start one)")
     p.add_argument("--pid", type=int, default=None, help="that app's process id, for its RSS")
     p.add_argument("--max-seconds", type=float, default=1800, help="stop sending after this long (default: 1800)")
@@ -175,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         app = LocalApp(env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).start()
         url, pid = app.url, app.process.pid
     try:
+        if args.warmup:
+            run_scenario("warm-up", url, pid, [10_000 + i for i in range(args.warmup)], 1, args, deadline)
         seeds = list(range(args.requests))
         if args.scenario == "sequential":
             reports = [run_scenario("sequential", url, pid, seeds, 1, args, deadline)]
