@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from h2cache.bench import BenchConfig, expand_variants, matched_comparison, parse_config, parse_grid, read_prompts
+from h2cache.bench import BenchConfig, expand_variants, parse_config, parse_grid, read_prompts
 from h2cache.bench.runner import TIME_FIELDS
+from h2cache.methods.calibration import prompt_hashes
 from h2cache.pipelines import EMBEDDED_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +32,12 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
+    # two prompts to score; the last two are held out for calibration (--calibration-prompts 2)
     path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("# two prompts\na large red circle at the center on a striped blue background\n\n"
-                    "a small green square at the top on a noisy black background\n")
+    path.write_text("# four prompts\na large red circle at the center on a striped blue background\n\n"
+                    "a small green square at the top on a noisy black background\n"
+                    "a small white triangle at the left on a plain purple background\n"
+                    "a large orange diamond at the right on a gradient gray background\n")
     return path
 
 
@@ -86,40 +90,23 @@ def test_shipped_prompt_sets():
     assert 70 <= len(text) <= 90 and all('"' in p for p in text)
 
 
-def test_matched_comparison_pairs_equal_compute():
-    def point(method, share, mse, ssim):
-        return {"steps": 28, "method": method, "variant": f"{method}@{share}", "blocks_share": share,
-                "flops_share": share, "mse": mse, "psnr": 10.0, "ssim": ssim, "lpips": None,
-                "speedup_denoise": 1 / share}
-    summary = [point("h2cache", 0.5, 1.0, 0.99), point("fbcache", 0.53, 2.0, 0.98), point("fbcache", 0.2, 9.0, 0.9),
-               point("teacache", 0.9, 0.5, 0.995), point("teacache", 0.1, 5.0, 0.95)]
-    matched = {m["peer_method"]: m for m in matched_comparison(summary, ("fbcache", "teacache"), 0.05)}
-    assert matched["fbcache"]["peer"] == "fbcache@0.53" and matched["fbcache"]["verdict"] == "H2-Cache better"
-    assert matched["teacache"]["peer"] is None  # nothing within 5%
-    # interpolated at share 0.5 between (0.1, mse 5) and (0.9, mse 0.5): mse 2.75 > 1.0
-    assert matched["teacache"]["verdict_interpolated"] in ("H2-Cache better", "mixed")
-
-    # Same decisions, residuals added in another order: a hair's difference is a tie, not a win.
-    hair = [point("h2cache-one-probe", 0.6, 1.0, 0.9986), point("fbcache", 0.6, 1.0001, 0.99859)]
-    assert matched_comparison(hair, ("fbcache",), 0.05)[0]["verdict"] == "tie"
-    # 0.1 dB and 0.001 SSIM better is a win; worse on one of them is mixed.
-    clear = [point("h2cache", 0.6, 1.0, 0.9986), point("fbcache", 0.6, 1.0233, 0.9976)]
-    assert matched_comparison(clear, ("fbcache",), 0.05)[0]["verdict"] == "H2-Cache better"
-    split = [point("h2cache", 0.6, 1.0, 0.9966), point("fbcache", 0.6, 1.0233, 0.9976)]
-    assert matched_comparison(split, ("fbcache",), 0.05)[0]["verdict"] == "mixed"
-
-
 def test_tiny_benchmark_writes_everything_and_reproduces(tiny_model_dir, prompts_file, tmp_path):
     from h2cache.bench import main
 
     calibration = tmp_path / "calibration.json"
     first = main(tiny_args(tiny_model_dir, prompts_file, tmp_path / "a", calibration))
     out = tmp_path / "a"
-    for name in ("results.json", "results.md", "summary.csv", "samples.csv", "speedup_vs_psnr.png",
-                 "speedup_vs_lpips.png", "quality_vs_blocks.png", "h2cache_heatmap.png"):
+    for name in ("results.json", "results.md", "summary.csv", "samples.csv", "comparisons.csv", "psnr_vs_flops.png",
+                 "ssim_vs_flops.png", "speedup_vs_psnr.png", "speedup_vs_ssim.png", "h2cache_heatmap.png"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "speedup_vs_lpips.png").exists()  # no LPIPS, no stand-in
     results = json.loads((out / "results.json").read_text())
-    assert set(json.loads(calibration.read_text())["models"][str(tiny_model_dir)]) >= {"fingerprint", "teacache"}
+    stored = json.loads(calibration.read_text())["models"][str(tiny_model_dir)]
+    assert set(stored) >= {"fingerprint", "teacache"}
+    # calibration ran on the held-out prompts only, and says so
+    benchmark, held_out = results["meta"]["prompts"], results["meta"]["prompt_split"]["calibration"]
+    assert benchmark == read_prompts(prompts_file)[:2] and held_out == read_prompts(prompts_file)[2:]
+    assert set(stored["teacache"]["5"]["prompt_hashes"]) == set(prompt_hashes(held_out))
     rows = results["rows"]
     variants = 1 + 4 + 2 + 2 + 1
     assert len(rows) == 2 * 2 * variants  # prompts x seeds x variants
@@ -133,6 +120,13 @@ def test_tiny_benchmark_writes_everything_and_reproduces(tiny_model_dir, prompts
     assert any(r["hits"] > 0 for r in rows if r["method"] == "h2cache")
     md = (out / "results.md").read_text()
     assert "Equal compute" in md and "Decision cost" in md and "h2cache(tau1=0.5,tau2=0.5)" in md
+    assert "PSNR worst" in md and "SSIM median" in md
+    # 2 prompts x 2 seeds: too few for a verdict, and the report says so loudly
+    assert results["samples"]["enough"] is False and "WARNING" in md and "8 prompts x 2 seeds" in md
+    summary = {s["variant"]: s for s in results["summary"]}
+    assert all({"psnr_median", "psnr_worst", "ssim_median", "ssim_worst"} <= set(s) for s in summary.values())
+    assert {r["subject_method"] for r in results["comparisons"]} == {"h2cache"}
+    assert {r["peer_method"] for r in results["comparisons"]} == {"fbcache", "teacache"}
 
     # same seed, same numbers (wall time aside); calibration is reused, not redone
     second = main(tiny_args(tiny_model_dir, prompts_file, tmp_path / "b", calibration))
@@ -181,26 +175,32 @@ def test_embedded_model_smoke(tmp_path):
     assert len(table["blocks"]) == 12 and table["image_tokens"] == 64
 
 
-def test_auto_grid_targets_shares_of_blocks_run(tiny_model_dir, prompts_file, tmp_path):
+def test_auto_grid_gives_every_method_one_point_per_target(tiny_model_dir, prompts_file, tmp_path):
     from h2cache.bench import main
-    from h2cache.bench.autogrid import pick
 
-    assert pick([(0.1, 1.0), (0.2, 0.8), (0.4, 0.5)], (0.9, 0.85)) == [0.1, 0.2]
+    targets = (0.8, 0.5)
     results = main(["--model", str(tiny_model_dir), "--prompts", str(prompts_file), "--num-prompts", "1",
                     "--steps", "5", "--height", "16", "--width", "16", "--max-sequence-length", "16",
                     "--repeats", "1", "--warmup", "0", "--methods", "none", "h2cache", "fbcache",
-                    "h2cache-independent-stage2", "--grid", "fbcache:threshold=0.3", "--auto-grid", "0.8", "0.5",
-                    "--auto-grid-prompts", "1", "--calibration", str(tmp_path / "cal.json"), "--no-lpips",
-                    "--no-progress", "--no-plots", "--no-decision-cost", "--out", str(tmp_path / "auto")])
-    chosen = results["meta"]["auto_grid"]["by_steps"]["5"]
-    assert set(chosen["grids"]) == {"h2cache", "h2cache-independent-stage2"}  # fbcache's grid was given
-    h2 = chosen["grids"]["h2cache"]
-    assert 0.15 in h2["tau1"] and 0.22 in h2["tau2"]  # the defaults are always on the curve
-    assert chosen["grids"]["h2cache-independent-stage2"] == h2
-    curve = chosen["curves"]["h2cache.tau1"]
-    assert curve[0][1] == 1.0 and [v for v, _ in curve] == sorted(v for v, _ in curve)
+                    "h2cache-one-probe", "--grid", "fbcache:threshold=0.3", "--auto-grid", *map(str, targets),
+                    "--calibration-prompts", "2", "--auto-grid-prompts", "1", "--calibration", str(tmp_path / "cal.json"),
+                    "--no-lpips", "--no-progress", "--no-plots", "--no-decision-cost", "--out", str(tmp_path / "auto")])
+    auto = results["meta"]["auto_grid"]
+    chosen = auto["by_steps"]["5"]
+    assert set(chosen["grids"]) == {"h2cache", "h2cache-one-probe"}  # fbcache's grid was given
+    # the scan saw one calibration prompt, held out from the benchmark
+    assert auto["prompts"] == read_prompts(prompts_file)[-2:-1] and not set(auto["prompts"]) & set(results["meta"]["prompts"])
+    for method in ("h2cache", "h2cache-one-probe"):  # the one-probe variant has its own scan, not a copy
+        found = chosen["methods"][method]
+        assert [p["target"] for p in found["targets"]] == list(targets)
+        assert {"tau1": 0.15, "tau2": 0.22} in chosen["grids"][method]  # the default is always on the curve
+        curve = found["curve"]
+        assert curve[0][1] == 1.0 and [v for v, _ in curve] == sorted(v for v, _ in curve)
+    rules = results["meta"]["grid_rule"]
+    assert rules["fbcache"].startswith("explicit") and rules["h2cache"].startswith("auto")
     labels = results["meta"]["variants"]["5"]
-    assert "fbcache(threshold=0.3)" in labels and len(labels) == 1 + 1 + 2 * len(h2["tau1"]) * len(h2["tau2"])
+    assert "fbcache(threshold=0.3)" in labels
+    assert len(labels) == 1 + 1 + len(chosen["grids"]["h2cache"]) + len(chosen["grids"]["h2cache-one-probe"])
 
 
 def test_flux_scale_check_pins_block_patterns_and_exactness(tmp_path):

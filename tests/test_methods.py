@@ -88,7 +88,8 @@ def test_flop_table_is_measured_per_block(flops):
     ("none", {}), ("h2cache", {"tau1": 10.0, "tau2": 10.0}), ("fbcache", {"threshold": 10.0}),
     ("teacache", {"threshold": 10.0}), ("magcache", {"threshold": 10.0}), ("taylorseer", {"cache_interval": 2}),
     ("taylorseer", {"lite": True, "disable_cache_before_step": 1}), ("h2cache-no-pfs", {"tau1": 10.0}),
-    ("h2cache-independent-stage2", {"tau1": 0.0, "tau2": 10.0}),
+    ("h2cache-independent-stage2", {"tau1": 0.0, "tau2": 10.0}), ("fbcache-guarded", {"threshold": 10.0}),
+    ("teacache-guarded", {"threshold": 10.0}), ("magcache-per-context", {"threshold": 10.0}),
 ])
 def test_every_method_traces_and_removes_cleanly(pipe, flops, store, baseline, name, settings):
     handle = apply_method(pipe, name, num_inference_steps=STEPS, flops=flops, calibration=store, **settings)
@@ -290,3 +291,94 @@ def test_guarded_h2cache_proposal_forces_full_calls(pipe, flops, baseline):
         assert handle.inner.config.tau1 == 10.0  # thresholds restored between calls
     assert np.array_equal(run(pipe), baseline)
     assert handle.inner.config.tau1 == 10.0
+
+
+# -- guards on the peers ------------------------------------------------------------------------------------
+
+LOOSE = {"h2cache-guarded": {"tau1": 10.0, "tau2": 10.0}, "fbcache-guarded": {"threshold": 10.0},
+         "teacache-guarded": {"threshold": 10.0}}
+
+
+@pytest.mark.parametrize("name, guards, cond_blocks", [
+    # 2 warm-up steps (ceil(0.2 x 6)), at most 2 reusing calls in a row, the last step computed
+    ("h2cache-guarded", {"retention_ratio": 0.2, "max_consecutive_hits": 2, "final_full_steps": 1}, [7, 7, 2, 2, 7, 7]),
+    ("fbcache-guarded", {"retention_ratio": 0.2, "max_consecutive_hits": 2, "final_full_steps": 1}, [7, 7, 1, 1, 7, 7]),
+    ("teacache-guarded", {"retention_ratio": 0.2, "max_consecutive_hits": 2, "final_full_steps": 1}, [7, 7, 0, 0, 7, 7]),
+    # no warm-up, no final step, one reusing call at a time (TeaCache computes its last step anyway)
+    ("h2cache-guarded", {"retention_ratio": 0.0, "max_consecutive_hits": 1, "final_full_steps": 0}, [7, 2, 7, 2, 7, 2]),
+    ("fbcache-guarded", {"retention_ratio": 0.0, "max_consecutive_hits": 1, "final_full_steps": 0}, [7, 1, 7, 1, 7, 1]),
+    ("teacache-guarded", {"retention_ratio": 0.0, "max_consecutive_hits": 1, "final_full_steps": 0}, [7, 0, 7, 0, 7, 7]),
+    # three final steps
+    ("fbcache-guarded", {"retention_ratio": 0.0, "max_consecutive_hits": 9, "final_full_steps": 3}, [7, 1, 1, 7, 7, 7]),
+])
+def test_guards_force_the_calls_they_promise(pipe, flops, store, name, guards, cond_blocks):
+    with apply_method(pipe, name, num_inference_steps=STEPS, flops=flops, calibration=store,
+                      **LOOSE[name], **guards) as handle:
+        for _ in range(2):  # counters restart with every pipeline call
+            run(pipe, true_cfg_scale=2.0, negative_prompt="")
+            for context in ("cond", "uncond"):  # each context counts its own steps and streak
+                assert [r.blocks_run for r in handle.trace.for_context(context)] == cond_blocks, context
+
+
+def test_guards_that_never_bind_leave_the_peer_as_it_was(pipe, flops, store):
+    for name, base in (("fbcache-guarded", "fbcache"), ("teacache-guarded", "teacache")):
+        traces, images = [], []
+        for method, extra in ((base, {}), (name, {"retention_ratio": 0.0, "max_consecutive_hits": 99,
+                                                   "final_full_steps": 0})):
+            with apply_method(pipe, method, threshold=10.0, num_inference_steps=STEPS, flops=flops,
+                              calibration=store, **extra) as handle:
+                images.append(run(pipe))
+                traces.append([r.blocks_run for r in handle.trace])
+        assert traces[0] == traces[1] and np.array_equal(images[0], images[1]), name
+        assert any(b < 7 for b in traces[0]), f"{base} must reuse something for this test to mean anything"
+
+
+def test_peer_guards_decide_as_h2cache_hooks_do():
+    """One guard rule: h2cache.methods.guards.Guards (the peers) and H2-Cache's own hooks agree everywhere."""
+    import itertools
+    from types import SimpleNamespace
+
+    from h2cache.config import H2CacheConfig
+    from h2cache.hooks import H2RootHook
+    from h2cache.methods.guards import Guards
+
+    steps = 10
+    for warmup, cap, final in itertools.product((0, 1, 3), (0, 1, 3), (0, 1, 2)):
+        guards = Guards(warmup, cap, final, steps)
+        hook = H2RootHook(None, None, 7, H2CacheConfig(**guards.h2_fields(), num_inference_steps=steps))
+        for step, streak in itertools.product(range(steps), range(5)):
+            state = SimpleNamespace(step=step, streak=streak)
+            assert hook._guard_forces_full(state) == guards.forces_full(step, streak), (warmup, cap, final, step)
+
+
+# -- MagCache per cache context -------------------------------------------------------------------------
+
+def test_magcache_calibrates_each_context(pipe):
+    cal = calibrate_magcache(pipe, [PROMPT], true_cfg_scale=2.0, negative_prompt="", **CALL)
+    assert set(cal["by_context"]) == {"cond", "uncond"} and cal["runs"] == 2
+    for ratios in cal["by_context"].values():
+        assert len(ratios) == STEPS and ratios[0] == 1.0
+    assert cal["by_context"]["cond"] != cal["by_context"]["uncond"]
+    mean = [(a + b) / 2 for a, b in zip(cal["by_context"]["cond"], cal["by_context"]["uncond"])]
+    assert cal["ratios"] == pytest.approx(mean, abs=2e-6)
+    assert cal["prompt_hashes"] and len(cal["prompt_hashes"]) == 1
+
+
+def test_magcache_per_context_uses_each_context_ratios(pipe, tmp_path):
+    store = CalibrationStore(tmp_path / "cal.json")
+    key, fp = model_key(pipe), model_fingerprint(pipe.transformer)
+    steady, drifting = [1.0] * STEPS, [1.0] + [3.0] * (STEPS - 1)  # error 0 per step, and 2 per step
+    store.put(key, fp, "magcache", {str(STEPS): {"ratios": [1.0] + [2.0] * (STEPS - 1),
+                                                 "by_context": {"cond": steady, "uncond": drifting}}})
+    settings = {"threshold": 0.5, "retention_ratio": 0.0, "max_skip_steps": 10}
+    hits = {}
+    for name in ("magcache", "magcache-per-context"):
+        with apply_method(pipe, name, num_inference_steps=STEPS, calibration=store, **settings) as handle:
+            run(pipe, true_cfg_scale=2.0, negative_prompt="")
+            hits[name] = {c: [r.hit for r in handle.trace.for_context(c)] for c in ("cond", "uncond")}
+    assert hits["magcache"] == {"cond": [False] * STEPS, "uncond": [False] * STEPS}  # averaged: error 1 per step
+    assert hits["magcache-per-context"] == {"cond": [False] + [True] * (STEPS - 1), "uncond": [False] * STEPS}
+    store.put(key, fp, "magcache", {str(STEPS): {"ratios": steady}})  # an older entry: no per-context ratios
+    with pytest.raises(ValueError, match="per-context magnitude ratios"):
+        apply_method(pipe, "magcache-per-context", num_inference_steps=STEPS, calibration=store)
+    assert getattr(pipe.transformer, "_cache_config", None) is None

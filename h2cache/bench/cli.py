@@ -9,7 +9,9 @@ import textwrap
 from typing import Any
 
 from ..methods import METHODS
+from .quality import BASES
 from .spec import DEFAULT_METHODS, DEFAULT_PROMPTS, TEXT_PROMPTS, BenchConfig, parse_grid
+from .verdicts import PEERS, SUBJECTS
 
 
 def _method_help() -> str:
@@ -32,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
             Benchmark H2-Cache against FirstBlockCache, TeaCache, MagCache and TaylorSeer on one model:
             wall time (denoising loop and end to end), blocks and FLOPs executed, and PSNR/SSIM/LPIPS
             against the uncached image of the same prompt and seed. Writes results.json, summary.csv,
-            samples.csv, results.md and PNG plots into --out."""),
+            samples.csv, comparisons.csv, results.md and PNG plots into --out. Calibration (TeaCache, MagCache,
+            the auto grid) never sees the benchmark prompts; verdicts compare each point with each peer's
+            Pareto front at the same share of FLOPs, over distinct, non-dominated, non-degenerate points."""),
         epilog="methods and their settings:\n" + _method_help() + textwrap.dedent("""
 
             examples:
@@ -46,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS),
                         help=f"prompt file, one per line, '#' comments (default: the embedded model's scenes; "
                              f"text-in-image captions for FLUX.1: h2cache/prompts/{TEXT_PROMPTS.name})")
-    parser.add_argument("--num-prompts", type=int, default=8, help="use the first N prompts (0: all)")
+    parser.add_argument("--num-prompts", type=int, default=8,
+                        help="score the first N benchmark prompts (0: all); for a prompt file without "
+                             "--calibration-prompts-file, its last --calibration-prompts lines are held out first")
     parser.add_argument("--steps", type=int, nargs="+", default=[28], help="denoising step counts, e.g. 28 50 100")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="generator seeds per prompt")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
@@ -55,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", action="append", default=[], metavar="METHOD:KEY=V1,V2[:KEY=...]",
                         help="replace a method's default grid (repeatable); values are range-checked")
     parser.add_argument("--auto-grid", type=float, nargs="+", metavar="SHARE",
-                        help="choose each threshold method's grid so that it runs these shares of blocks "
-                             "(e.g. 0.9 0.75 0.6 0.45 0.3) on calibration prompts, per step count; "
-                             "--grid still wins for the methods it names")
-    parser.add_argument("--auto-grid-prompts", type=int, default=2, help="calibration prompts the --auto-grid scan uses")
+                        help="one grid rule for every method: one point per target share of block FLOPs run "
+                             "(e.g. 0.85 0.65 0.45 0.3), chosen on the calibration prompts, per step count, plus "
+                             "the method's default; --grid still wins for the methods it names")
+    parser.add_argument("--auto-grid-prompts", type=int, default=2,
+                        help="how many of the calibration prompts the --auto-grid scan uses (the same for every method)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed uncached calls before timing, per step count")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per point; the median is reported")
     parser.add_argument("--out", default="runs/bench", help="output directory")
@@ -72,11 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibrate", choices=("auto", "force", "never"), default="auto",
                         help="auto: calibrate TeaCache/MagCache where this model has no numbers; force: redo")
     parser.add_argument("--calibration-prompts", type=int, default=8,
-                        help="prompts per calibration (embedded model: drawn from the training split)")
-    parser.add_argument("--match-tolerance", type=float, default=0.05,
-                        help="equal-compute matching: |share of blocks executed| difference allowed")
-    parser.add_argument("--match-peers", nargs="+", default=["fbcache", "teacache"], choices=list(METHODS),
-                        metavar="METHOD", help="peers H2-Cache is matched against")
+                        help="prompts per calibration, never benchmark prompts (embedded model: drawn from the "
+                             "training split; a prompt file: its last N lines, held out, unless "
+                             "--calibration-prompts-file is given)")
+    parser.add_argument("--calibration-prompts-file", default=None,
+                        help="prompts for calibration and the auto grid (must share none with the benchmark's)")
+    parser.add_argument("--subjects", nargs="+", default=list(SUBJECTS), choices=list(METHODS), metavar="METHOD",
+                        help="methods under test in the equal-compute verdicts")
+    parser.add_argument("--match-peers", nargs="+", default=list(PEERS), choices=list(METHODS),
+                        metavar="METHOD", help="peers whose Pareto fronts the methods under test are compared with "
+                                               "(those that ran)")
+    parser.add_argument("--verdict-quality", choices=BASES, default="mean",
+                        help="quality basis of the verdict table: PSNR of the mean MSE with mean SSIM, the median "
+                             "sample, or the worst sample (counts are reported for all three)")
     parser.add_argument("--from-results", metavar="RESULTS_JSON",
                         help="run nothing: rewrite the tables and plots of an earlier run's results.json into --out")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (reported as not requested)")
@@ -102,6 +117,10 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
             parser.error(f"{name} must be >= 0, got {value}")
     if args.auto_grid and not all(0 < t <= 1 for t in args.auto_grid):
         parser.error(f"--auto-grid shares must be in (0, 1], got {args.auto_grid}")
+    for name, value in (("--calibration-prompts", args.calibration_prompts),
+                        ("--auto-grid-prompts", args.auto_grid_prompts)):
+        if value < 1:
+            parser.error(f"{name} must be >= 1, got {value}")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if any(s < 2 for s in args.steps):
@@ -115,14 +134,17 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         steps=tuple(args.steps), seeds=tuple(args.seeds), methods=tuple(dict.fromkeys(args.methods)), grids=grids,
         warmup=args.warmup, repeats=args.repeats, out=args.out, device=args.device, call_overrides=overrides,
         calibration_file=args.calibration, calibrate=args.calibrate, calibration_prompts=args.calibration_prompts,
+        calibration_prompts_file=args.calibration_prompts_file,
         auto_grid=tuple(args.auto_grid) if args.auto_grid else None, auto_grid_prompts=args.auto_grid_prompts,
         lpips=not args.no_lpips, plots=not args.no_plots, progress=not args.no_progress,
-        decision_cost=not args.no_decision_cost, match_tolerance=args.match_tolerance,
-        match_peers=tuple(args.match_peers), command=shlex.join(["python", "-m", "h2cache.bench", *argv]))
+        decision_cost=not args.no_decision_cost, subjects=tuple(dict.fromkeys(args.subjects)),
+        match_peers=tuple(dict.fromkeys(args.match_peers)), verdict_quality=args.verdict_quality,
+        command=shlex.join(["python", "-m", "h2cache.bench", *argv]))
 
 
-def rewrite_report(results_json: str, out: str) -> dict[str, Any]:
-    """Tables, CSV and plots again from an earlier results.json (e.g. after a change to the report)."""
+def rewrite_report(results_json: str, out: str, overrides: BenchConfig | None = None) -> dict[str, Any]:
+    """Tables, CSV and plots again from an earlier results.json (e.g. after a change to the report), with the
+    verdict settings (subjects, peers, quality basis) and ``plots`` of `overrides` (default: the defaults)."""
     import json
     from dataclasses import fields
     from pathlib import Path
@@ -131,12 +153,16 @@ def rewrite_report(results_json: str, out: str) -> dict[str, Any]:
 
     with open(results_json) as f:
         earlier = json.load(f)
+    overrides = overrides or BenchConfig()
     known = {f.name for f in fields(BenchConfig)}
     stored = {k: v for k, v in earlier["meta"]["config"].items() if k in known}
-    for key in ("steps", "seeds", "methods", "match_peers"):
+    for key in ("steps", "seeds", "methods"):
         if key in stored:
             stored[key] = tuple(stored[key])
-    config = BenchConfig(**{**stored, "out": out})
+    # Verdict settings come from this command line (e.g. another --verdict-quality), the run's from the file.
+    config = BenchConfig(**{**stored, "out": out, "subjects": overrides.subjects,
+                            "match_peers": overrides.match_peers, "verdict_quality": overrides.verdict_quality,
+                            "plots": overrides.plots})
     return write_outputs(Path(out), earlier["meta"], earlier["rows"], config)
 
 
@@ -148,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parser.parse_args(argv)
     config = _config_from_args(parser, args, argv)
     if args.from_results:
-        results = rewrite_report(args.from_results, config.out)
+        results = rewrite_report(args.from_results, config.out, config)
         print(f"[bench] rewrote {config.out}/results.md and plots from {args.from_results}")
         return results
     results = run_benchmark(config)

@@ -1,9 +1,16 @@
-"""PNG plots of a benchmark summary: speed against quality per method, quality against compute, and the
-H2-Cache tau1 x tau2 heatmap. One panel per step count."""
+"""PNG plots of a benchmark summary. One panel per step count.
+
+Deterministic axes first: quality against the share of block FLOPs run (``psnr_vs_flops.png``,
+``ssim_vs_flops.png``), with each method's Pareto front drawn as the verdicts use it (:mod:`.fronts`,
+:mod:`.verdicts`). SSIM sits close to 1, so its axis is a logit scale, on which 0.99, 0.999 and 0.9999 are
+evenly spaced. Wall-clock speedups are noisier (single runs on a shared machine) and come second
+(``speedup_vs_*.png``); LPIPS is plotted only where it was measured (no 1 - SSIM stand-in). Every method has
+its own colour and marker (:mod:`.styles`); degenerate points are drawn hollow and left out of the fronts.
+"""
 
 from __future__ import annotations
 
-import textwrap
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
@@ -12,56 +19,109 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-COLORS = {"none": "#000000", "h2cache": "#d62728", "fbcache": "#1f77b4", "teacache": "#2ca02c",
-          "magcache": "#9467bd", "taylorseer": "#ff7f0e", "h2cache-no-pfs": "#e377c2",
-          "h2cache-independent-stage2": "#8c564b", "h2cache-guarded": "#bcbd22"}
+from .fronts import pareto_front  # noqa: E402
+from .styles import method_style  # noqa: E402
+from .verdicts import cost  # noqa: E402
+
+SSIM_CLIP = (1e-3, 1 - 1e-6)  # the logit axis needs values strictly inside (0, 1)
 
 
 def _panels(summary: list[dict[str, Any]]):
     steps = sorted({s["steps"] for s in summary})
-    fig, axes = plt.subplots(1, len(steps), figsize=(6.2 * len(steps), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(steps), figsize=(6.4 * len(steps), 5.0), squeeze=False)
     return fig, list(zip(steps, axes[0]))
 
 
-def _frontier(points: list[tuple[float, float, dict]], better_low: bool) -> list[tuple[float, float, dict]]:
-    """Points no other point beats on both quality (x) and speedup (y)."""
-    def beats(a, b):
-        qa, qb = (-a[0], -b[0]) if better_low else (a[0], b[0])
-        return qa >= qb and a[1] >= b[1] and (qa > qb or a[1] > b[1])
-    return sorted((p for p in points if not any(beats(q, p) for q in points)), key=lambda p: p[0])
+def _ssim(s: dict[str, Any]) -> float:
+    return min(max(s["ssim"], SSIM_CLIP[0]), SSIM_CLIP[1])
 
 
-def _speed_vs_quality(summary, path: Path, quality: Callable[[dict], float | None], xlabel: str,
-                      better_low: bool, title_note: str = "") -> None:
-    fig, panels = _panels(summary)
-    for steps, ax in panels:
-        rows = [s for s in summary if s["steps"] == steps and s["method"] != "none"]
-        values = [quality(s) for s in rows if quality(s) is not None]
-        by_method: dict[str, list] = defaultdict(list)
-        for s in rows:
-            q = quality(s)
-            if q is not None and s["speedup_denoise"] is not None:
-                by_method[s["method"]].append((q, s["speedup_denoise"], s))
-        for method, points in by_method.items():
-            color = COLORS.get(method)
-            ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, alpha=0.35, color=color)
-            front = _frontier(points, better_low)
-            ax.plot([p[0] for p in front], [p[1] for p in front], "-o", ms=4, color=color, label=method)
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("speedup of the denoising loop (x)")
-        ax.set_title(f"{steps} steps{title_note}", fontsize=10 if not title_note else 6)
-        if better_low:
-            ax.invert_xaxis()  # better quality to the right, as for PSNR/SSIM
-        if values:
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle("lines: each method's Pareto front over its grid; dots: all grid points", fontsize=8)
+def _ssim_tick(value: float, _position: Any = None) -> str:
+    """0.9, 0.99, 0.999 rather than the logit axis' default '1 - 10^-3'."""
+    if value >= 0.5:
+        return f"{value:.{max(1, round(-math.log10(1.0 - value)))}f}"
+    return f"{value:.2g}"
+
+
+def _logit_axis(axis) -> None:
+    axis.set_major_formatter(FuncFormatter(_ssim_tick))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _by_method(summary: list[dict[str, Any]], steps: int) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in summary:
+        if s["steps"] == steps and s["method"] != "none":
+            groups[s["method"]].append(s)
+    return groups
+
+
+def _draw_method(ax, method: str, points: list[tuple[float, float, dict]], front: list[tuple[float, float, dict]]):
+    color, marker = method_style(method)
+    solid = [p for p in points if not p[2].get("degenerate")]
+    hollow = [p for p in points if p[2].get("degenerate")]
+    ax.scatter([p[0] for p in solid], [p[1] for p in solid], s=22, alpha=0.35, color=color, marker=marker)
+    if hollow:
+        ax.scatter([p[0] for p in hollow], [p[1] for p in hollow], s=30, facecolors="none", edgecolors=color,
+                   marker=marker)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "-", marker=marker, ms=6, lw=1.4, color=color,
+            label=method)
+
+
+def _finish(fig, panels, path: Path, note: str) -> None:
+    for _, ax in panels:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(note, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _quality_vs_cost(summary: list[dict[str, Any]], path: Path, quality: Callable[[dict], float | None],
+                     ylabel: str, logit: bool = False) -> None:
+    fig, panels = _panels(summary)
+    for steps, ax in panels:
+        for method, rows in _by_method(summary, steps).items():
+            points = [(cost(s), quality(s), s) for s in rows if quality(s) is not None]
+            front = pareto_front([p for p in points if not p[2].get("degenerate")], key=lambda p: (p[0], p[1]))
+            _draw_method(ax, method, points, front)
+        ax.set_xlim(0.0, 1.02)
+        ax.set_xlabel("share of block FLOPs run")
+        ax.set_ylabel(ylabel)
+        if logit:
+            ax.set_yscale("logit")
+            _logit_axis(ax.yaxis)
+        ax.set_title(f"{steps} steps: quality at equal compute", fontsize=10)
+    _finish(fig, panels, path, "lines: each method's Pareto front (the one verdicts use); markers: every grid "
+                               "point; hollow: degenerate")
+
+
+def _speed_vs_quality(summary, path: Path, quality: Callable[[dict], float | None], xlabel: str,
+                      better_low: bool, logit: bool = False) -> None:
+    fig, panels = _panels(summary)
+    for steps, ax in panels:
+        for method, rows in _by_method(summary, steps).items():
+            points = [(quality(s), s["speedup_denoise"], s) for s in rows
+                      if quality(s) is not None and s["speedup_denoise"] is not None]
+            # front: no other point both faster and better (quality is the x axis here)
+            sign = -1.0 if better_low else 1.0
+            front = pareto_front([p for p in points if not p[2].get("degenerate")],
+                                 key=lambda p: (-p[1], sign * p[0]))
+            _draw_method(ax, method, points, sorted(front, key=lambda p: p[0]))
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("speedup of the denoising loop (x, one timing per point)")
+        ax.set_title(f"{steps} steps", fontsize=10)
+        if logit:
+            ax.set_xscale("logit")
+            _logit_axis(ax.xaxis)
+        if better_low:
+            ax.invert_xaxis()  # better quality to the right, as for PSNR/SSIM
+    _finish(fig, panels, path, "wall-clock speedups are noisy (single runs, shared machine); the FLOPs plots are "
+                               "exact\nlines: each method's speed/quality front; hollow: degenerate")
 
 
 def _psnr_or_cap(summary: list[dict[str, Any]]) -> Callable[[dict], float | None]:
@@ -115,47 +175,23 @@ def _heatmap(summary: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def _quality_vs_blocks(summary: list[dict[str, Any]], path: Path) -> None:
-    quality = _psnr_or_cap(summary)
-    fig, panels = _panels(summary)
-    for steps, ax in panels:
-        by_method: dict[str, list] = defaultdict(list)
-        for s in summary:
-            if s["steps"] == steps and s["method"] != "none":
-                by_method[s["method"]].append((s["blocks_share"], quality(s)))
-        for method, points in by_method.items():
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o", ms=4, alpha=0.8,
-                    color=COLORS.get(method), label=method)
-        ax.set_xlabel("share of transformer blocks executed")
-        ax.set_ylabel("PSNR dB vs uncached (top = identical)")
-        ax.set_title(f"{steps} steps: quality at equal compute", fontsize=10)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def write_plots(out: Path, summary: list[dict[str, Any]]) -> list[str]:
-    """Write every plot into `out`; returns the file names."""
+    """Write every plot into `out`; returns the file names, deterministic ones first."""
+    psnr = _psnr_or_cap(summary)
+    plots = [
+        ("psnr_vs_flops.png", lambda p: _quality_vs_cost(summary, p, psnr, "PSNR dB vs uncached (mean MSE; top = identical)")),
+        ("ssim_vs_flops.png", lambda p: _quality_vs_cost(summary, p, _ssim, "SSIM vs uncached (logit scale)", logit=True)),
+        ("speedup_vs_psnr.png", lambda p: _speed_vs_quality(summary, p, psnr, "PSNR dB vs uncached", better_low=False)),
+        ("speedup_vs_ssim.png", lambda p: _speed_vs_quality(summary, p, _ssim, "SSIM vs uncached (logit scale)",
+                                                            better_low=False, logit=True)),
+    ]
+    if any(s["lpips"] is not None for s in summary if s["method"] != "none"):
+        plots.append(("speedup_vs_lpips.png", lambda p: _speed_vs_quality(
+            summary, p, lambda s: s["lpips"], "LPIPS vs uncached", better_low=True)))
     written = []
-    _speed_vs_quality(summary, out / "speedup_vs_psnr.png", _psnr_or_cap(summary),
-                      "PSNR dB vs uncached (rightmost = identical)", better_low=False)
-    written.append("speedup_vs_psnr.png")
-    _speed_vs_quality(summary, out / "speedup_vs_ssim.png", lambda s: s["ssim"], "SSIM vs uncached",
-                      better_low=False)
-    written.append("speedup_vs_ssim.png")
-    if any(s["lpips"] is not None for s in summary):
-        _speed_vs_quality(summary, out / "speedup_vs_lpips.png", lambda s: s["lpips"], "LPIPS vs uncached",
-                          better_low=True)
-    else:
-        reason = next((s["lpips_reason"] for s in summary if s["lpips_reason"]), "unavailable")
-        note = textwrap.fill(f"LPIPS n/a, showing 1 - SSIM instead: {reason}", 80)
-        _speed_vs_quality(summary, out / "speedup_vs_lpips.png", lambda s: 1.0 - s["ssim"],
-                          "1 - SSIM (stand-in: LPIPS n/a)", better_low=True, title_note="\n" + note)
-    written.append("speedup_vs_lpips.png")
-    _quality_vs_blocks(summary, out / "quality_vs_blocks.png")
-    written.append("quality_vs_blocks.png")
+    for name, draw in plots:
+        draw(out / name)
+        written.append(name)
     if _heatmap(summary, out / "h2cache_heatmap.png"):
         written.append("h2cache_heatmap.png")
     return written

@@ -1,4 +1,6 @@
-"""Runs the benchmark: calibration, FLOP table, warm-up, then every (steps, prompt, seed, variant), timed.
+"""Runs the benchmark: prompt split, FLOP table, calibration, grid choice, warm-up, then every
+(steps, prompt, seed, variant), timed. Calibration and grid choice see only the calibration prompts
+(:mod:`.prompt_split`).
 
 Work is split by (prompt, seed) across the processes ``accelerate launch`` starts;
 each process writes its rows to ``<out>/shards/``, and the main process merges
@@ -22,12 +24,13 @@ from tqdm.auto import tqdm
 from ..compare import generate
 from ..metrics import compare_images
 from ..methods import (
-    CalibrationStore, FlopTable, MethodTrace, apply_method, calibrate_magcache, calibrate_teacache,
+    CalibrationStore, FlopTable, MethodTrace, apply_method, calibrate_magcache, calibrate_teacache, get_method,
     measure_flop_table, model_fingerprint, model_key,
 )
 from ..methods.calibration import teacache_fit
 from ..pipelines import EMBEDDED, generation_defaults, load_pipeline
 from .machine import describe_machine
+from .prompt_split import PromptSplit, calibration_leaks, split_prompts
 from .spec import BenchConfig, Variant, expand_variants, read_prompts
 
 TIME_FIELDS = ("denoise_s", "total_s", "denoise_s_runs", "total_s_runs", "baseline_denoise_s",
@@ -70,36 +73,61 @@ def _call_args(pipe: Any, config: BenchConfig, steps: int) -> dict[str, Any]:
     return args
 
 
-def calibration_prompts(config: BenchConfig, bench_prompts: list[str]) -> list[str]:
-    """Prompts for TeaCache/MagCache calibration: for the embedded model, scenes from the *training* split
-    (the benchmark's prompts are held out, and calibrating on them would leak); else the benchmark prompts."""
-    if config.model in (None, EMBEDDED):
-        from ..scenes import sample_specs
-
-        return [s.prompt() for s in sample_specs(config.calibration_prompts, seed=2024, held_out=False)]
-    return bench_prompts[: config.calibration_prompts]
+def prompt_split(config: BenchConfig) -> PromptSplit:
+    """Benchmark and calibration prompts of this run (:func:`~h2cache.bench.prompt_split.split_prompts`)."""
+    calibration = read_prompts(config.calibration_prompts_file) if config.calibration_prompts_file else None
+    return split_prompts(config.model, read_prompts(config.prompts_file), config.num_prompts,
+                         config.calibration_prompts, calibration)
 
 
-def ensure_calibration(pipe: Any, config: BenchConfig, store: CalibrationStore, prompts: list[str],
-                       log=print) -> dict[str, Any]:
-    """Calibrate TeaCache and MagCache for this model where needed (``config.calibrate``); returns what was done."""
-    done: dict[str, Any] = {}
+def _stale(entry: dict[str, Any] | None, split: PromptSplit, config: BenchConfig, what: str, log) -> bool:
+    """Whether a stored calibration must be made again: missing, forced, or not provably made on prompts
+    disjoint from the benchmark's. With ``--calibrate never`` a leak is an error, an unknown origin a warning."""
+    if entry is None:
+        return config.calibrate != "never"
+    leaks = calibration_leaks(entry, split.benchmark)
     if config.calibrate == "never":
+        if leaks:
+            raise ValueError(f"the stored {what} calibration was made on benchmark prompts; run with "
+                             "--calibrate auto or force to redo it on the calibration prompts")
+        if leaks is None:
+            log(f"WARNING: the stored {what} calibration does not record its prompts (--calibrate never keeps it)")
+        return False
+    if config.calibrate == "force" or leaks:
+        return True
+    if leaks is None:
+        log(f"the stored {what} calibration does not record its prompts: calibrating again")
+        return True
+    return False
+
+
+def ensure_calibration(pipe: Any, config: BenchConfig, store: CalibrationStore, split: PromptSplit,
+                       log=print) -> dict[str, Any]:
+    """Calibrate TeaCache and MagCache for this model on ``split.calibration`` where needed (``config.calibrate``,
+    and never keeping numbers made on benchmark prompts); returns what was done."""
+    done: dict[str, Any] = {}
+    needed = {get_method(m).calibration for m in config.methods} - {None}
+    if not needed:
         return done
     key, fingerprint = model_key(pipe), model_fingerprint(pipe.transformer)
-    force = config.calibrate == "force"
-    if "teacache" in config.methods:
+    prompts = split.calibration
+    if "teacache" in needed:
         for steps in config.steps:
-            if force or teacache_fit(store.get(key, fingerprint, "teacache"), steps) is None:
-                log(f"calibrating teacache for {key} on {len(prompts)} prompts at {steps} steps")
+            fit = teacache_fit(store.get(key, fingerprint, "teacache"), steps)
+            if _stale(fit, split, config, f"teacache ({steps} steps)", log):
+                log(f"calibrating teacache for {key} on {len(prompts)} calibration prompts at {steps} steps")
                 cal = calibrate_teacache(pipe, prompts, (0,), **_call_args(pipe, config, steps))
                 store.put_teacache(key, fingerprint, steps, cal)
                 done.setdefault("teacache", {})[str(steps)] = cal
-    if "magcache" in config.methods:
+    if "magcache" in needed:
         ratios = dict(store.get(key, fingerprint, "magcache") or {})
+        per_context = any(get_method(m).fixed.get("per_context_ratios") for m in config.methods)
         for steps in config.steps:
-            if force or str(steps) not in ratios:
-                log(f"calibrating magcache for {key} on {len(prompts)} prompts at {steps} steps")
+            entry = ratios.get(str(steps))
+            missing_contexts = per_context and entry is not None and not entry.get("by_context")
+            if _stale(entry, split, config, f"magcache ({steps} steps)", log) or (
+                    missing_contexts and config.calibrate != "never"):
+                log(f"calibrating magcache for {key} on {len(prompts)} calibration prompts at {steps} steps")
                 ratios[str(steps)] = calibrate_magcache(pipe, prompts, (0,), **_call_args(pipe, config, steps))
                 done.setdefault("magcache", {})[str(steps)] = ratios[str(steps)]
         if "magcache" in done:
@@ -180,28 +208,51 @@ def _decision_cost(pipe: Any, flops: FlopTable, device: str, repeats: int = 10) 
 
 
 def _grids_by_steps(pipe: Any, config: BenchConfig, state: Any, store: CalibrationStore, prompts: list[str],
-                    out: Path, log) -> tuple[dict[int, dict[str, dict]], dict[str, Any] | None]:
-    """Explicit grids, completed by --auto-grid's selection (made once on the main process, read by all)."""
-    grids = {steps: dict(config.grids) for steps in config.steps}
+                    flop_tables: dict[tuple, FlopTable], out: Path,
+                    log) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
+    """Explicit grids, completed by --auto-grid's selection on `prompts` (made once on the main process,
+    read by all)."""
+    grids: dict[int, dict[str, Any]] = {steps: dict(config.grids) for steps in config.steps}
     if not config.auto_grid:
         return grids, None
-    from .autogrid import select_grids
+    from .autogrid import pipeline_measure, select_grids
 
     path = out / "auto_grid.json"
     if state.is_main_process:
         chosen = {}
         for steps in config.steps:
-            selected, curves = select_grids(pipe, config.methods, config.grids, tuple(config.auto_grid),
-                                            prompts[: config.auto_grid_prompts], _call_args(pipe, config, steps),
-                                            store, log)
-            chosen[str(steps)] = {"grids": selected, "curves": curves}
-        path.write_text(json.dumps({"targets": list(config.auto_grid), "by_steps": chosen}, indent=1))
+            args = _call_args(pipe, config, steps)
+            measure = pipeline_measure(pipe, prompts, args, store, flop_tables[_shape_key(args)])
+            selected, record = select_grids(config.methods, config.grids, tuple(config.auto_grid), measure, log)
+            chosen[str(steps)] = {"grids": selected, "methods": record}
+        path.write_text(json.dumps({"targets": list(config.auto_grid), "prompts": prompts,
+                                    "cost": "share of block FLOPs run", "by_steps": chosen}, indent=1))
     state.wait_for_everyone()
     auto = json.loads(path.read_text())
     for steps in config.steps:
-        for method, grid in auto["by_steps"][str(steps)]["grids"].items():
-            grids[steps][method] = {k: tuple(v) for k, v in grid.items()}
+        for method, points in auto["by_steps"][str(steps)]["grids"].items():
+            grids[steps][method] = points
     return grids, auto
+
+
+def _grid_rule(config: BenchConfig, auto: dict[str, Any] | None) -> dict[str, str]:
+    """Where each method's grid came from, for the report."""
+    chosen = set().union(*(set(v["grids"]) for v in auto["by_steps"].values())) if auto else set()
+    rules = {}
+    for method in config.methods:
+        if method == "none":
+            continue
+        if method in chosen:
+            rules[method] = f"auto: one point per target share {list(config.auto_grid)} + its default"
+        elif method in config.grids:
+            rules[method] = "explicit --grid (outside the one grid rule)"
+        else:
+            rules[method] = "the method's default grid (no --auto-grid)"
+    return rules
+
+
+def _shape_key(args: dict[str, Any]) -> tuple:
+    return (args["height"], args["width"], args.get("max_sequence_length"))
 
 
 @dataclass
@@ -213,40 +264,42 @@ class _Setup:
     flop_tables: dict[tuple, FlopTable]
     calibrated: dict[str, Any]
     auto_grid: dict[str, Any] | None
+    split: PromptSplit
 
     def flops_for(self, args: dict[str, Any]) -> FlopTable:
-        return self.flop_tables[(args["height"], args["width"], args.get("max_sequence_length"))]
+        return self.flop_tables[_shape_key(args)]
 
 
 def _prepare(config: BenchConfig, state: Any, device: str, out: Path) -> _Setup:
-    """Load the model; calibrate and choose grids on the main process; measure the FLOP tables."""
-    prompts = read_prompts(config.prompts_file, config.num_prompts)
+    """Split the prompts; load the model; measure the FLOP tables; calibrate and choose grids on the main
+    process, on the calibration prompts only."""
+    split = prompt_split(config)
+    prompts = split.benchmark
     if "none" not in config.methods:
         config.methods = ("none", *config.methods)
     pipe = load_pipeline(None if config.model == EMBEDDED else config.model, device=device)
     pipe.set_progress_bar_config(disable=True)
     store = CalibrationStore(config.calibration_file)
     log = (lambda msg: tqdm.write(f"[bench] {msg}")) if state.is_main_process else (lambda msg: None)
-    cal_prompts = calibration_prompts(config, prompts)
+    flop_tables: dict[tuple, FlopTable] = {}
+    for steps in config.steps:
+        args = _call_args(pipe, config, steps)
+        if _shape_key(args) not in flop_tables:
+            shape_args = {k: v for k, v in args.items() if k != "num_inference_steps"}
+            flop_tables[_shape_key(args)] = measure_flop_table(pipe, split.calibration[0], **shape_args)
     calibrated: dict[str, Any] = {}
     if state.is_main_process:
-        calibrated = ensure_calibration(pipe, config, store, cal_prompts, log)
+        calibrated = ensure_calibration(pipe, config, store, split, log)
     state.wait_for_everyone()
-    grids_by_steps, auto_grid = _grids_by_steps(pipe, config, state, store, cal_prompts, out, log)
+    grids_by_steps, auto_grid = _grids_by_steps(pipe, config, state, store, split.calibration[: config.auto_grid_prompts],
+                                                flop_tables, out, log)
     variants_by_steps = {}
     for steps in config.steps:
         variants = expand_variants(config.methods, grids_by_steps[steps])
         # the uncached reference first: every other variant is scored against it
         variants_by_steps[steps] = [v for v in variants if v.method == "none"][:1] + [
             v for v in variants if v.method != "none"]
-    flop_tables: dict[tuple, FlopTable] = {}
-    for steps in config.steps:
-        args = _call_args(pipe, config, steps)
-        key = (args["height"], args["width"], args.get("max_sequence_length"))
-        if key not in flop_tables:
-            shape_args = {k: v for k, v in args.items() if k != "num_inference_steps"}
-            flop_tables[key] = measure_flop_table(pipe, prompts[0], **shape_args)
-    return _Setup(pipe, prompts, store, variants_by_steps, flop_tables, calibrated, auto_grid)
+    return _Setup(pipe, prompts, store, variants_by_steps, flop_tables, calibrated, auto_grid, split)
 
 
 def _run_items(config: BenchConfig, setup: _Setup, items: list[tuple[int, int]], rank: int,
@@ -337,6 +390,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any] | None:
         "calibration_file": str(setup.store.path), "calibrated_now": sorted(setup.calibrated),
         "variants": {str(s): [v.label for v in vs] for s, vs in setup.variants_by_steps.items()},
         "prompts": setup.prompts, "auto_grid": setup.auto_grid,
+        "prompt_split": {"rule": setup.split.rule, "calibration": setup.split.calibration},
+        "grid_rule": _grid_rule(config, setup.auto_grid),
     }
     if decision_cost is not None:
         meta["decision_cost"] = decision_cost

@@ -6,6 +6,9 @@ Example:
     ('h2cache', {'tau1': (0.1, 0.2), 'tau2': (0.22,)})
     >>> [v.label for v in expand_variants(["none", "h2cache"], dict([grid]))]
     ['none', 'h2cache(tau1=0.1,tau2=0.22)', 'h2cache(tau1=0.2,tau2=0.22)']
+    >>> points = [{"tau1": 0.1, "tau2": 0.147}, {"tau1": 0.15, "tau2": 0.22}]   # a grid as a list of points
+    >>> [v.label for v in expand_variants(["h2cache"], {"h2cache": points})]
+    ['h2cache(tau1=0.1,tau2=0.147)', 'h2cache(tau1=0.15,tau2=0.22)']
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..methods import get_method
+from .verdicts import PEERS, SUBJECTS
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_PROMPTS = PROMPTS_DIR / "embedded.txt"
@@ -69,14 +73,16 @@ class BenchConfig:
     calibration_file: str | None = None
     calibrate: str = "auto"  # auto | force | never
     calibration_prompts: int = 8
+    calibration_prompts_file: str | None = None  # else a held-out split (see prompt_split.py)
     auto_grid: tuple[float, ...] | None = None  # target shares of blocks run; see autogrid.py
     auto_grid_prompts: int = 2
     lpips: bool = True
     plots: bool = True
     progress: bool = True
     decision_cost: bool = True
-    match_tolerance: float = 0.05
-    match_peers: tuple[str, ...] = ("fbcache", "teacache")
+    subjects: tuple[str, ...] = SUBJECTS  # methods under test in the verdicts
+    match_peers: tuple[str, ...] = PEERS  # peers whose fronts they are compared with (those that ran)
+    verdict_quality: str = "mean"  # mean | median | worst (quality.BASES)
     command: str = "python -m h2cache.bench"  # as typed, for the report
 
 
@@ -99,18 +105,27 @@ def parse_grid(text: str) -> tuple[str, dict[str, tuple[Any, ...]]]:
     return method.name, grid
 
 
-def expand_variants(methods: list[str] | tuple[str, ...],
-                    grids: dict[str, dict[str, tuple[Any, ...]]]) -> list[Variant]:
-    """Each method's grid (given, else its default grid) as a cartesian product of variants."""
+Grid = dict[str, tuple[Any, ...]] | list[dict[str, Any]]  # a cartesian product, or a list of points
+
+
+def expand_variants(methods: list[str] | tuple[str, ...], grids: dict[str, Grid]) -> list[Variant]:
+    """Each method's grid (given, else its default grid) as variants: a dict of value lists is a cartesian
+    product, a list of settings dicts is taken point by point. A variant that repeats an earlier one is
+    dropped (it would give the same images)."""
     variants: list[Variant] = []
     for name in methods:
         method = get_method(name)
         grid = grids.get(name, method.default_grid)
-        keys = list(grid)
-        for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
-            settings = tuple(zip(keys, values))
-            method.validate(**dict(settings))
-            variants.append(Variant(name, settings))
+        if isinstance(grid, dict):
+            keys = list(grid)
+            points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] if keys else [{}]
+        else:
+            points = [dict(point) for point in grid]
+        for point in points:
+            method.validate(**point)
+            variant = Variant(name, tuple(point.items()))
+            if variant not in variants:
+                variants.append(variant)
     return variants
 
 

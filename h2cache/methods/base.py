@@ -65,6 +65,8 @@ class Method:
         default_grid: the sweep the benchmark runs when given no grid for this method.
         fixed: settings passed to the attach function but not tunable (ablation variants).
         attach: ``(settings, context) -> Attachment``.
+        calibration: the calibration-store entry the method reads (``'teacache'``, ``'magcache'``), if any;
+            the benchmark calibrates it on its calibration prompts.
     """
 
     name: str
@@ -73,6 +75,7 @@ class Method:
     default_grid: dict[str, tuple[Any, ...]]
     attach: Callable[[dict[str, Any], ApplyContext], Attachment]
     fixed: dict[str, Any] = field(default_factory=dict)
+    calibration: str | None = None
 
     def setting(self, name: str) -> Setting:
         for s in self.settings:

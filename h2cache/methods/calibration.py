@@ -53,6 +53,27 @@ def model_fingerprint(transformer: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def prompt_hashes(prompts: list[str] | tuple[str, ...]) -> list[str]:
+    """Short hashes of the prompts a calibration ran on, stored with it, so that a benchmark can check that
+    it never calibrates on the prompts it scores (:mod:`h2cache.bench.prompt_split`). Whitespace and case
+    are normalised first.
+
+    Example:
+        >>> prompt_hashes(["A red  circle"]) == prompt_hashes(["a red circle "])
+        True
+        >>> len(prompt_hashes(["a red circle"])[0])
+        16
+    """
+    return [hashlib.sha256(" ".join(p.lower().split()).encode()).hexdigest()[:16] for p in prompts]
+
+
+def calibrated_on(entry: dict[str, Any] | None) -> set[str] | None:
+    """The prompt hashes a stored calibration records; ``None`` when it records none (older files)."""
+    if not entry or "prompt_hashes" not in entry:
+        return None
+    return set(entry["prompt_hashes"])
+
+
 def teacache_fit(stored: dict[str, Any] | None, steps: int) -> dict[str, Any] | None:
     """The TeaCache fit for `steps` from a stored ``teacache`` entry, or ``None``.
 

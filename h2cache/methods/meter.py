@@ -254,6 +254,25 @@ class BlockMeter:
         context = self._root.state_manager._context if self._root is not None else None
         return context.name if context is not None else DEFAULT_CONTEXT
 
+    def current_call(self) -> MethodRecord | None:
+        """The record of the transformer call in progress (its ``step`` and ``context``); ``None`` between calls.
+
+        Lets a wrapper around a cache that keeps no step count of its own (diffusers' FirstBlockCache) apply
+        step-based rules such as :class:`~h2cache.methods.guards.Guards`.
+        """
+        return self._record
+
+    def reuse_streak(self, context: str) -> int:
+        """How many finished calls of `context` in a row, up to the latest, reused anything (this pipeline call)."""
+        streak = 0
+        for record in reversed(self.trace):
+            if record.context != context:
+                continue
+            if not record.hit:
+                break
+            streak += 1
+        return streak
+
     # -- callbacks -------------------------------------------------------------------------------------
     def _probe(self, index: int, part: int):
         def hook(module, args):

@@ -15,52 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 from .base import ApplyContext, Attachment, Method, MethodHandle
-from .calibration import teacache_fit
 from .diffusers_caches import attach_fbcache, attach_magcache, attach_taylorseer
+from .fbcache_guarded import attach_fbcache_guarded
+from .guards import GUARD_SETTINGS
 from .h2 import attach_h2cache
 from .h2_guarded import attach_h2cache_guarded
-from .meter import MethodRecord
 from .settings import Setting
-from .teacache import FLUX_DEV_COEFFICIENTS, TeaCacheConfig, apply_teacache, teacache_blocks
+from .teacache_attach import attach_teacache, attach_teacache_guarded
 
 INF = None  # an open upper bound
 
 
 def _attach_none(settings: dict[str, Any], context: ApplyContext) -> Attachment:
     return Attachment(remove=lambda: None, description="uncached")
-
-
-def teacache_coefficients(context: ApplyContext) -> tuple[list[float], str]:
-    steps = context.num_inference_steps
-    stored = teacache_fit(context.calibration.get(context.model_key, context.fingerprint, "teacache"), steps)
-    if stored:
-        return list(stored["coefficients"]), f"calibrated at {steps} steps"
-    if context.model_key == "black-forest-labs/FLUX.1-dev":
-        return list(FLUX_DEV_COEFFICIENTS), "published TeaCache4FLUX coefficients"
-    raise ValueError(
-        f"teacache needs a rescaling polynomial for model {context.model_key!r} (fingerprint {context.fingerprint}) "
-        f"at {steps} steps in {context.calibration.path}; run `python -m h2cache.bench --calibrate force "
-        f"--methods teacache --steps {steps}` or h2cache.methods.calibrate_teacache(pipe, prompts, "
-        f"num_inference_steps={steps}, ...) and store it with CalibrationStore.put_teacache")
-
-
-def _attach_teacache(settings: dict[str, Any], context: ApplyContext) -> Attachment:
-    teacache_blocks(context.transformer)  # unsupported models fail on that, before any calibration lookup
-    coefficients, origin = teacache_coefficients(context)
-    config = TeaCacheConfig(threshold=settings["threshold"], coefficients=coefficients,
-                            num_inference_steps=context.num_inference_steps)
-    handle = apply_teacache(context.transformer, config)
-
-    def annotate(records: list[MethodRecord]) -> None:
-        if len(handle.decisions) != len(records):
-            return
-        for record, decision in zip(records, handle.decisions):
-            record.signal = decision.accumulated
-            record.detail = {"change": decision.change, "accumulated": decision.accumulated,
-                             "computed": decision.computed}
-
-    text = f"TeaCacheConfig(threshold={config.threshold}; polynomial {origin})"
-    return Attachment(remove=handle.remove, annotate=annotate, description=text, inner=handle)
 
 
 _TAU1 = Setting("tau1", float, 0.15, 0.0, INF, "stage-1 (structure) PFS threshold")
@@ -80,8 +47,6 @@ def register(method: Method) -> Method:
 
 
 register(Method("none", "uncached baseline", (), {}, _attach_none))
-_CAP = Setting("max_consecutive_hits", int, 3, 1, INF, "most transformer calls in a row that reuse anything")
-_RETAIN = Setting("retention_ratio", float, 0.2, 0.0, 1.0, "share of initial steps always computed")
 register(Method(
     "h2cache", "H2-Cache: two-stage residual reuse gated by PFS distances (this project)",
     (_TAU1, _TAU2, _POOL1, _POOL2,
@@ -92,20 +57,21 @@ register(Method(
      Setting("final_full_steps", int, 0, 0, INF, "option: last steps always computed"),
      Setting("skip_stage2_probe_on_hit", bool, False, help="option: a stage-1 hit runs one block, not two")),
     _H2_GRID, attach_h2cache))
-register(Method(
-    "fbcache", "diffusers FirstBlockCache (transformer.enable_cache)",
-    (Setting("threshold", float, 0.05, 0.0, INF, "relative L1 threshold on the first block's residual"),),
-    {"threshold": (0.02, 0.05, 0.08, 0.12, 0.2, 0.3)}, attach_fbcache))
+_FBC_THRESHOLD = Setting("threshold", float, 0.05, 0.0, INF, "relative L1 threshold on the first block's residual")
+_FBC_GRID = {"threshold": (0.02, 0.05, 0.08, 0.12, 0.2, 0.3)}
+_TEA_THRESHOLD = Setting("threshold", float, 0.4, 0.0, INF, "accumulated rescaled relative L1 threshold")
+_TEA_GRID = {"threshold": (0.1, 0.25, 0.4, 0.6, 0.8, 1.2)}
+_MAG_SETTINGS = (Setting("threshold", float, 0.06, 0.0, INF, "accumulated magnitude error threshold"),
+                 Setting("max_skip_steps", int, 3, 1, INF, "most consecutive skipped steps"),
+                 Setting("retention_ratio", float, 0.2, 0.0, 1.0, "share of initial steps never skipped"))
+_MAG_GRID = {"threshold": (0.02, 0.06, 0.12, 0.24, 0.5)}
+register(Method("fbcache", "diffusers FirstBlockCache (transformer.enable_cache)", (_FBC_THRESHOLD,), _FBC_GRID,
+                attach_fbcache))
 register(Method(
     "teacache", "TeaCache for FLUX: accumulated rescaled change of the modulated input (implemented here)",
-    (Setting("threshold", float, 0.4, 0.0, INF, "accumulated rescaled relative L1 threshold"),),
-    {"threshold": (0.1, 0.25, 0.4, 0.6, 0.8, 1.2)}, _attach_teacache))
-register(Method(
-    "magcache", "diffusers MagCache with ratios calibrated on the model",
-    (Setting("threshold", float, 0.06, 0.0, INF, "accumulated magnitude error threshold"),
-     Setting("max_skip_steps", int, 3, 1, INF, "most consecutive skipped steps"),
-     Setting("retention_ratio", float, 0.2, 0.0, 1.0, "share of initial steps never skipped")),
-    {"threshold": (0.02, 0.06, 0.12, 0.24, 0.5)}, attach_magcache))
+    (_TEA_THRESHOLD,), _TEA_GRID, attach_teacache, calibration="teacache"))
+register(Method("magcache", "diffusers MagCache with ratios calibrated on the model (averaged over cond/uncond)",
+                _MAG_SETTINGS, _MAG_GRID, attach_magcache, calibration="magcache"))
 register(Method(
     "taylorseer", "diffusers TaylorSeer: Taylor-extrapolated attention outputs between full steps",
     (Setting("cache_interval", int, 5, 1, INF, "steps between full computations"),
@@ -123,14 +89,25 @@ register(Method(
 # The proposed changes to the method (H2CacheConfig options), measured against the default.
 register(Method(
     "h2cache-guarded", "proposal: H2-Cache + full compute of the first steps, the last step, and after K reusing calls",
-    (_TAU1, _TAU2, _POOL1, _POOL2, _CAP, _RETAIN), _H2_GRID, attach_h2cache_guarded))
+    (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded))
 register(Method(
     "h2cache-one-probe", "proposal: H2-Cache whose stage-1 hits skip stage 2's probe (one block per hit)",
     (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache, fixed={"skip_stage2_probe_on_hit": True}))
 register(Method(
     "h2cache-guarded-one-probe", "proposal: both changes, the guards and one probe per stage-1 hit",
-    (_TAU1, _TAU2, _POOL1, _POOL2, _CAP, _RETAIN), _H2_GRID, attach_h2cache_guarded,
+    (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded,
     fixed={"skip_stage2_probe_on_hit": True}))
+# The peers with the same guards (h2cache.methods.guards), so that what the guards buy can be told apart
+# from what H2-Cache's two stages buy; and MagCache with ratios per cache context.
+register(Method(
+    "fbcache-guarded", "FirstBlockCache + the proposal's guards (warm-up steps, cap on reuse in a row, final steps)",
+    (_FBC_THRESHOLD, *GUARD_SETTINGS), _FBC_GRID, attach_fbcache_guarded))
+register(Method(
+    "teacache-guarded", "TeaCache + the proposal's guards (warm-up steps, cap on skips in a row, final steps)",
+    (_TEA_THRESHOLD, *GUARD_SETTINGS), _TEA_GRID, attach_teacache_guarded, calibration="teacache"))
+register(Method(
+    "magcache-per-context", "MagCache with ratios calibrated per cache context (cond / uncond) instead of averaged",
+    _MAG_SETTINGS, _MAG_GRID, attach_magcache, fixed={"per_context_ratios": True}, calibration="magcache"))
 
 
 def list_methods() -> list[str]:

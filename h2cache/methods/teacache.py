@@ -12,6 +12,9 @@ Diffusion Model", 2024) decides per step whether to run the transformer blocks:
    residual they added at the last computed step is added to the image stream.
    Once it crosses, the blocks run, the residual is refreshed and the accumulator
    restarts from zero. The first and the last step are always computed.
+4. Optional guards (:class:`~h2cache.methods.guards.Guards`, none by default) force more computed steps:
+   warm-up steps, a cap on skipped steps in a row, final steps. A forced step still measures its change,
+   and restarts the accumulator as a crossing does.
 
 The polynomial comes from :func:`calibrate_teacache` (``numpy.polyfit`` over an
 uncached run) and is stored per model by :class:`~h2cache.methods.calibration.CalibrationStore`.
@@ -41,6 +44,8 @@ from diffusers.hooks.hooks import BaseState
 from diffusers.utils.torch_utils import unwrap_module
 
 from ..hooks import ContextStateManager, StatefulBlockHook, detach_hooks
+from .calibration import prompt_hashes
+from .guards import Guards
 
 _HEAD_HOOK = "teacache_head"
 _BLOCK_HOOK = "teacache_block"
@@ -58,6 +63,7 @@ class TeaCacheConfig:
             Published FLUX.1-dev points: 0.25 (~1.5x), 0.4 (~1.8x), 0.6 (~2.0x), 0.8 (~2.25x).
         coefficients: The rescaling polynomial, highest power first (``numpy.polyfit`` order).
         num_inference_steps: Steps of the pipeline call, so that the last step is always computed.
+        guards: Extra steps that always compute (warm-up, a cap on skips in a row, final steps); ``None``: none.
 
     Example:
         >>> TeaCacheConfig(threshold=-1, coefficients=(1.0, 0.0))
@@ -69,6 +75,7 @@ class TeaCacheConfig:
     threshold: float = 0.4
     coefficients: Sequence[float] = field(default_factory=tuple)
     num_inference_steps: int = 28
+    guards: Guards | None = None
 
     def __post_init__(self) -> None:
         t = self.threshold
@@ -83,6 +90,8 @@ class TeaCacheConfig:
         n = self.num_inference_steps
         if not (isinstance(n, int) and not isinstance(n, bool) and n >= 2):
             raise ValueError(f"TeaCacheConfig.num_inference_steps must be an integer >= 2, got {n!r}")
+        if self.guards is not None and not isinstance(self.guards, Guards):
+            raise ValueError(f"TeaCacheConfig.guards must be a Guards or None, got {type(self.guards).__name__}")
 
     def rescale(self, change: float) -> float:
         return float(np.polyval(self.coefficients, change))
@@ -108,6 +117,7 @@ class TeaCacheState(BaseState):
         self.residual: torch.Tensor | None = None  # image-stream residual of all blocks at the last compute
         self.head_input: torch.Tensor | None = None
         self.compute = True
+        self.streak = 0  # skipped steps in a row, for Guards.max_consecutive_hits
 
     def reset(self) -> None:
         self.__init__()
@@ -155,6 +165,7 @@ class TeaCacheHeadHook(StatefulBlockHook):
                                                accumulated, compute))
         state.step += 1
         state.compute = compute
+        state.streak = 0 if compute else state.streak + 1
         if not compute:
             return _pack(meta, hidden + state.residual, encoder)
         state.head_input = hidden
@@ -172,7 +183,9 @@ class TeaCacheHeadHook(StatefulBlockHook):
         change = _relative_l1(modulated, state.previous_modulated)
         state.accumulated += self.config.rescale(change)
         accumulated = state.accumulated
-        if accumulated < self.config.threshold:
+        guards = self.config.guards
+        guarded = guards is not None and guards.forces_full(state.step, state.streak)
+        if accumulated < self.config.threshold and not guarded:
             return False, change, accumulated
         state.accumulated = 0.0  # crossed: compute, and start accumulating afresh
         return True, change, accumulated
@@ -349,4 +362,4 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], seeds: Sequence[int] =
     return {"coefficients": list(coefficients), "degree": degree, "pairs": len(x),
             "input_change_range": [float(min(x)), float(max(x))],
             "num_inference_steps": int(call_kwargs.get("num_inference_steps", 0)) or None,
-            "prompts": len(prompts), "seeds": list(seeds)}
+            "prompts": len(prompts), "seeds": list(seeds), "prompt_hashes": prompt_hashes(list(prompts))}

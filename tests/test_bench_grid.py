@@ -1,0 +1,86 @@
+"""One grid rule for every method and variant (h2cache.bench.autogrid), on synthetic share curves."""
+
+from __future__ import annotations
+
+import pytest
+
+from h2cache.bench.autogrid import OFF_TARGET, knob_for, select_grids
+from h2cache.bench.spec import expand_variants
+from h2cache.methods import METHODS, get_method
+
+TARGETS = (0.85, 0.65, 0.45, 0.3)
+GUARDED = {"h2cache-guarded", "h2cache-guarded-one-probe", "fbcache-guarded", "teacache-guarded"}
+
+
+def fake_measure(calls):
+    """Share of FLOPs run falling with the knob; guarded methods level off at 42% (their guards cap reuse),
+    TaylorSeer at 70% (it still runs every MLP)."""
+    def measure(method, settings):
+        calls.append((method, dict(settings)))
+        if method == "taylorseer":
+            return 0.7 + 0.3 / settings["cache_interval"]
+        value = settings.get("threshold", settings.get("tau1"))
+        floor = 0.42 if method in GUARDED else 0.05
+        return max(floor, 1.0 / (1.0 + 8.0 * value))
+    return measure
+
+
+@pytest.fixture(scope="module")
+def chosen():
+    calls = []
+    methods = tuple(m for m in METHODS if m != "none")
+    grids, record = select_grids(methods, {}, TARGETS, fake_measure(calls), log=lambda msg: None)
+    return grids, record, calls
+
+
+def test_every_registered_method_has_a_knob():
+    for name, method in METHODS.items():
+        assert (knob_for(method) is None) == (name == "none"), name
+
+
+def test_every_method_and_variant_gets_the_same_number_of_points_per_target(chosen):
+    grids, record, calls = chosen
+    assert set(grids) == set(METHODS) - {"none"}  # the one-probe variants included: no followers
+    for method, found in record.items():
+        assert [p["target"] for p in found["targets"]] == list(TARGETS), method
+        assert found["default"] in grids[method], method  # plus the default, for every method
+        assert len(grids[method]) <= len(TARGETS) + 1
+    # each variant was scanned on its own, not handed another method's values
+    scanned = {method for method, _ in calls}
+    assert {"h2cache-one-probe", "h2cache-guarded-one-probe", "fbcache-guarded", "teacache-guarded"} <= scanned
+
+
+def test_h2cache_moves_both_thresholds_along_the_published_ray(chosen):
+    grids, record, _ = chosen
+    for point in grids["h2cache"]:
+        assert point["tau2"] == pytest.approx(point["tau1"] * 0.22 / 0.15, rel=5e-3)
+    assert {"tau1": 0.15, "tau2": 0.22} in grids["h2cache"]
+    variants = expand_variants(["h2cache"], {"h2cache": grids["h2cache"]})
+    assert len(variants) == len(grids["h2cache"])  # points, not a tau1 x tau2 product
+
+
+def test_unreachable_targets_get_the_saturation_point_and_are_flagged(chosen):
+    _, record, _ = chosen
+    guarded = record["fbcache-guarded"]
+    low = next(p for p in guarded["targets"] if p["target"] == 0.3)
+    assert low["off_target"] and low["share"] == pytest.approx(0.42)
+    # the scan stopped on the plateau, and the point chosen is where the plateau starts, not a looser value
+    assert guarded["saturated_at"] == low["value"]
+    assert max(v for v, _ in guarded["curve"]) > low["value"]
+    reachable = record["fbcache"]
+    assert not any(p["off_target"] for p in reachable["targets"])
+    assert all(abs(p["share"] - p["target"]) <= OFF_TARGET for p in reachable["targets"])
+
+
+def test_explicit_grids_are_left_alone():
+    calls = []
+    grids, record = select_grids(("h2cache", "fbcache"), {"fbcache": {"threshold": (0.1,)}}, TARGETS,
+                                 fake_measure(calls), log=lambda msg: None)
+    assert set(grids) == {"h2cache"} and {m for m, _ in calls} == {"h2cache"}
+
+
+def test_scans_hold_every_other_setting_at_its_default(chosen):
+    _, _, calls = chosen
+    for method, settings in calls:
+        knob = knob_for(get_method(method))
+        assert set(settings) == set(knob.keys), method
