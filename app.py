@@ -36,8 +36,9 @@ log = logging.getLogger("h2cache.app")
 PAGE_HANDLERS = ("show_step", "on_model_change", "load_example")
 # Calls that send only the first ten inputs get the H2CacheConfig options at the library's defaults (off).
 OPTION_DEFAULTS = tuple(getattr(H2CacheConfig(), name) for name in INPUT_FIELDS[len(INPUT_FIELDS) - 4:])
-# Sessions whose state Gradio keeps (least recently used first out); each holds only a small key.
-STATE_SESSION_CAPACITY = 1000
+# Sessions whose state Gradio keeps (least recently used first out). Each holds only a small key, but
+# Gradio's own per-session record is ~66 KB with this page's components.
+STATE_SESSION_CAPACITY = 256
 
 
 def create_app(settings: AppSettings | None = None, registry: ModelRegistry | None = None) -> tuple[gr.Blocks, AppSettings, ModelRegistry]:

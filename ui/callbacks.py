@@ -16,10 +16,11 @@ from matplotlib.figure import Figure
 import h2cache
 
 from .difference import difference_map
-from .cancellation import ClientGone, StoppableProgress, event_probe, exclusive_run
+from .cancellation import ClientGone, StoppableProgress, event_probe, exclusive_run, on_model_thread
 from .details import comparison_details
 from .gpu import on_gpu
 from .job import JobResult, register_models, run_job
+from .memory import release_free_memory
 from .metrics_table import metrics_rows, summary_markdown
 from .models import ModelRegistry
 from .plots.compute_map import compute_map_figure
@@ -129,7 +130,7 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
         try:
             progress(0.0, desc="Starting the baseline run")
             with exclusive_run(why):
-                result = gpu_job(registry_id, request, per_step)
+                result = on_model_thread(gpu_job, registry_id, request, per_step)
             progress(1.0, desc="Drawing plots")
             return build_outputs(request, result, registry, settings.diff_gain).as_tuple()
         except gr.Error:
@@ -143,6 +144,8 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
                 torch.cuda.empty_cache()
             raise gr.Error(html.escape(f"Generation failed ({type(exc).__name__}): {client_message(exc)}", quote=False),
                            title="Generation failed") from exc
+        finally:
+            release_free_memory()
 
     return generate
 

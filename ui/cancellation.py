@@ -10,11 +10,15 @@ On ZeroGPU the steps run in another process, which does not see the mark.
 
 from __future__ import annotations
 
+import contextvars
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from gradio.context import LocalContext
+
+T = TypeVar("T")
 
 
 class ClientGone(Exception):
@@ -60,6 +64,17 @@ class StoppableProgress:
         if reason:
             raise ClientGone(reason)
         return self.progress(fraction, desc=desc)
+
+
+# Every comparison runs on this one thread. Gradio hands each request to whichever of its worker
+# threads is free; large tensors allocated from many threads spread over as many malloc arenas, each
+# keeping its own freed pages (see ui/memory.py for the rest of that story).
+_MODEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h2cache-model")
+
+
+def on_model_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the model thread, with the caller's context (Gradio's request context included)."""
+    return _MODEL_THREAD.submit(contextvars.copy_context().run, fn, *args).result()
 
 
 # One comparison at a time in this process: a wall-clock timing is honest only if no other request's

@@ -26,7 +26,7 @@ from PIL import Image
 # A preview is shown at most this many pixels on a side; larger ones (FLUX.1 at 1024x1024) are
 # stored reduced, so one 50-step FLUX.1 comparison costs ~20 MB, not ~300 MB.
 MAX_PREVIEW_SIDE = 256
-DEFAULT_MAX_BYTES = 24 * 2**20  # ~60 comparisons of 20 steps at 128x128, ~10 of 50 FLUX.1 steps
+DEFAULT_MAX_BYTES = 16 * 2**20  # ~30 comparisons of 20 steps at 128x128, ~8 of 50 FLUX.1 steps
 
 Encoded = tuple[list[bytes], list[bytes]]  # (baseline, cached) PNGs, one per step
 
