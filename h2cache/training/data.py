@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..scenes import render, sample_specs
+
+
+def _render_job(job: tuple) -> np.ndarray:
+    spec, size, seed = job
+    return render(spec, size=size, seed=seed)
 
 
 def render_dataset(path: Path, n: int, size: int, seed: int) -> dict[str, np.ndarray]:
@@ -22,9 +29,18 @@ def render_dataset(path: Path, n: int, size: int, seed: int) -> dict[str, np.nda
         if np.array_equal(data.get("key"), key):
             return data
     specs = sample_specs(n, seed=seed, held_out=False)
+    jobs = [(spec, size, seed * 1_000_003 + i) for i, spec in enumerate(specs)]
+    workers = min(os.cpu_count() or 1, max(1, n // 2000))  # a process pool pays off only for big sets
     images = np.empty((n, size, size, 3), np.uint8)
-    for i, spec in enumerate(tqdm(specs, desc="rendering scenes")):
-        images[i] = render(spec, size=size, seed=seed * 1_000_003 + i)
+    if workers > 1:
+        # 40,000 scenes at 128x128 take ~3.5 min on one core; a GPU machine's 16 cores do it in seconds.
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            rendered = pool.imap(_render_job, jobs, chunksize=256)
+            for i, image in enumerate(tqdm(rendered, total=n, desc=f"rendering scenes ({workers} processes)")):
+                images[i] = image
+    else:
+        for i, job in enumerate(tqdm(jobs, desc="rendering scenes")):
+            images[i] = _render_job(job)
     prompts = np.array([s.prompt() for s in specs])
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, images=images, prompts=prompts, key=key)
