@@ -52,6 +52,9 @@ def test_bad_input_shows_an_error_and_the_page_still_works(page, app_server):
     page.get_by_text("prompt must not be empty").first.wait_for(timeout=60_000)
     run_comparison_in_page(page, app_server.url, PROMPT, steps=4)
     assert page.get_by_text("Step 4/4").count() == 1
+    # The scrubber's handler is reached through the request guard, as the page calls it.
+    set_number(page, "scrub-step", 2)
+    page.get_by_text("Step 2/4").first.wait_for(timeout=60_000)
 
 
 def test_advanced_options_are_in_the_page_and_checked_against_the_step_count(page, app_server):
