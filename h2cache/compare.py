@@ -22,6 +22,7 @@ import torch
 
 from .config import H2CacheConfig
 from .hooks import apply_h2_cache
+from .pfs_views import PFSViews
 from .pipelines import generation_defaults
 from .trace import Trace
 
@@ -43,6 +44,7 @@ class RunResult:
     image: np.ndarray  # HxWx3 uint8, straight from the pipeline (no lossy encoding)
     seconds: float
     trace: Trace | None = None
+    pfs: PFSViews | None = None  # what PFS compared, with record_pfs=True (H2-Cache run only)
     previews: list[np.ndarray] = field(default_factory=list)  # predicted clean image after each step
     sigmas: list[float] = field(default_factory=list)
 
@@ -127,14 +129,22 @@ def generate(pipe: Any, prompt: str, *, seed: int, name: str = "run", previews: 
 
 
 def run_comparison(pipe: Any, prompt: str, *, seed: int, config: H2CacheConfig, previews: bool = True,
-                   progress: ProgressFn | None = None, **kwargs: Any) -> Comparison:
-    """Baseline, then H2-Cache with the same seed; the cache is removed afterwards, even on error."""
+                   record_pfs: bool = False, progress: ProgressFn | None = None, **kwargs: Any) -> Comparison:
+    """Baseline, then H2-Cache with the same seed; the cache is removed afterwards, even on error.
+
+    With `record_pfs`, the H2-Cache run also keeps what PFS compared at every step (``cached.pfs``,
+    see :mod:`h2cache.pfs_views`); that adds a few small tensor copies per step to its timed call.
+    """
     with pipeline_lock(pipe):
         baseline = generate(pipe, prompt, seed=seed, name="baseline", previews=previews, progress=progress, **kwargs)
         handle = apply_h2_cache(pipe, config)
+        if record_pfs:
+            handle.pfs.enable()
         try:
             cached = generate(pipe, prompt, seed=seed, name="h2cache", previews=previews, progress=progress, **kwargs)
             cached.trace = Trace(handle.trace)
+            if record_pfs:
+                cached.pfs = handle.pfs.to_host()
         finally:
             handle.remove()
         return Comparison(baseline=baseline, cached=cached, config=config, stages=handle.split.describe())

@@ -31,7 +31,8 @@ from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.utils.torch_utils import unwrap_module
 
 from .config import H2CacheConfig
-from .pfs import pfs_distance, pfs_thumbnail
+from .pfs import pfs_distance, pfs_kernel, pfs_thumbnail
+from .pfs_views import PFSViews
 from .stages import StageSplit, resolve_stages
 from .trace import StepRecord, Trace
 
@@ -44,6 +45,7 @@ DEFAULT_CONTEXT = "default"
 class _StageState:
     def __init__(self) -> None:
         self.ref: torch.Tensor | None = None  # PFS thumbnail of the probe residual at the last miss
+        self.ref_step: int | None = None  # the step of that miss
         self.residual: tuple[torch.Tensor | None, torch.Tensor | None] | None = None  # (image, text) added on a hit
         self.head_output: tuple[torch.Tensor, torch.Tensor | None] | None = None  # probe output during a miss
         # skip_stage2_probe_on_hit only: the probe's input this call, and what the whole stage added last time.
@@ -137,10 +139,11 @@ class H2RootHook(ModelHook):
     _is_stateful = True
 
     def __init__(self, state_manager: ContextStateManager, trace: Trace, blocks_total: int,
-                 config: H2CacheConfig | None = None) -> None:
+                 config: H2CacheConfig | None = None, views: PFSViews | None = None) -> None:
         super().__init__()
         self.state_manager = state_manager
         self.trace = trace
+        self.views = views if views is not None else PFSViews()
         self.blocks_total = blocks_total
         self.config = config or H2CacheConfig()
         self._new_run = True
@@ -149,6 +152,7 @@ class H2RootHook(ModelHook):
         if self._new_run:
             self.config.validate()  # fields may have been edited since apply_h2_cache
             self.trace.clear()
+            self.views.clear()
             self._new_run = False
         state = self.state_manager.get_state()
         state.force_full = self._guard_forces_full(state)
@@ -209,11 +213,13 @@ class StatefulBlockHook(ModelHook):
 class H2ProbeHook(StatefulBlockHook):
     """On a stage's first block: run it, measure the PFS distance, and on a hit add the cached residual."""
 
-    def __init__(self, state_manager: ContextStateManager, config: H2CacheConfig, stage: int, is_tail: bool) -> None:
+    def __init__(self, state_manager: ContextStateManager, config: H2CacheConfig, stage: int, is_tail: bool,
+                 views: PFSViews | None = None) -> None:
         super().__init__(state_manager)
         self.config = config
         self.stage = stage
         self.is_tail = is_tail  # a one-block stage: nothing after the probe to skip
+        self.views = views if views is not None else PFSViews()
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_in, encoder_in = _inputs(self._meta, args, kwargs)
@@ -280,16 +286,28 @@ class H2ProbeHook(StatefulBlockHook):
             distance = self._distance(stage.ref, thumb)
         tau = self.config.tau1 if self.stage == 0 else self.config.tau2
         hit = distance is not None and distance < tau and not state.force_full
+        if self.views.enabled and state.record is not None:
+            self._record_view(state, signal, hidden_out.shape[1], thumb, distance, stage.ref_step if distance is not None else None, hit)
         if not hit:
-            stage.ref = thumb
+            stage.ref, stage.ref_step = thumb, state.step
         stage.hit = hit
         return distance, hit, False
+
+    def _pool_size(self) -> int:
+        return self.config.pool_size_stage1 if self.stage == 0 else self.config.pool_size_stage2
+
+    def _record_view(self, state: H2CacheState, signal: torch.Tensor, image_tokens: int, thumb: torch.Tensor,
+                     distance: float | None, reference_step: int | None, hit: bool) -> None:
+        _, n, c = signal.shape
+        kernel = 1 if self.config.full_residual_distance else pfs_kernel(n, c, self._pool_size())
+        self.views.record(step=state.step, context=self.state_manager.context_name, stage=self.stage + 1,
+                          signal=signal, image_tokens=image_tokens, thumbnail=thumb, pool_size=self._pool_size(),
+                          kernel=kernel, distance=distance, reference_step=reference_step, hit=hit)
 
     def _summarise(self, signal: torch.Tensor) -> torch.Tensor:
         if self.config.full_residual_distance:
             return signal.float()
-        pool = self.config.pool_size_stage1 if self.stage == 0 else self.config.pool_size_stage2
-        return pfs_thumbnail(signal, pool)
+        return pfs_thumbnail(signal, self._pool_size())
 
     @torch.compiler.disable
     def _distance(self, ref: torch.Tensor, thumb: torch.Tensor) -> float:
@@ -349,16 +367,19 @@ class H2CacheHandle:
 
     Attributes:
         trace: :class:`~h2cache.trace.Trace` of the most recent pipeline call.
+        pfs: :class:`~h2cache.pfs_views.PFSViews`, what PFS compared in that call; records only after
+            ``handle.pfs.enable()``.
         split: the :class:`~h2cache.stages.StageSplit` in use.
         config: the :class:`H2CacheConfig` the hooks read (changes to thresholds apply from the next call).
     """
 
     def __init__(self, transformer: torch.nn.Module, config: H2CacheConfig, split: StageSplit,
-                 trace: Trace, created_registries: list[torch.nn.Module]) -> None:
+                 trace: Trace, created_registries: list[torch.nn.Module], pfs: PFSViews | None = None) -> None:
         self.transformer = transformer
         self.config = config
         self.split = split
         self.trace = trace
+        self.pfs = pfs if pfs is not None else PFSViews()
         self._created = created_registries
         self.removed = False
 
@@ -451,19 +472,20 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
 
     state_manager = ContextStateManager(H2CacheState)
     trace = Trace()
+    views = PFSViews()
     created = [m for m in (transformer, *split.stage1, *split.stage2) if not hasattr(m, "_diffusers_hook")]
     root = HookRegistry.check_if_exists_or_initialize(transformer)
-    root.register_hook(H2RootHook(state_manager, trace, split.blocks_total, config), _ROOT_HOOK)
+    root.register_hook(H2RootHook(state_manager, trace, split.blocks_total, config, views), _ROOT_HOOK)
     for index, blocks in enumerate((split.stage1, split.stage2)):
         head, rest = blocks[0], blocks[1:]
         HookRegistry.check_if_exists_or_initialize(head).register_hook(
-            H2ProbeHook(state_manager, config, index, is_tail=not rest), _PROBE_HOOK)
+            H2ProbeHook(state_manager, config, index, is_tail=not rest, views=views), _PROBE_HOOK)
         for position, block in enumerate(rest):
             HookRegistry.check_if_exists_or_initialize(block).register_hook(
                 H2BlockHook(state_manager, index, is_tail=position == len(rest) - 1), _BLOCK_HOOK)
     # cache_context() walks a cached list of child registries; it must see the new block hooks.
     root.invalidate_child_registries_cache()
-    handle = H2CacheHandle(transformer, config, split, trace, created)
+    handle = H2CacheHandle(transformer, config, split, trace, created, views)
     if not hasattr(transformer, "_reset_stateful_cache"):
         # Pipelines reset stateful hooks at the end of each call only on models with diffusers'
         # CacheMixin (FLUX has it, SD3 does not); without this, state would leak into the next call.

@@ -163,7 +163,7 @@ def test_scrubber_shows_each_runs_prediction_per_step(cached):
     last_b, last_c = PREVIEWS.step(key, STEPS - 1)
     assert cached["scrub_step"].maximum == STEPS and cached["scrub_step"].value == STEPS
     assert np.array_equal(cached["preview_baseline"], last_b) and np.array_equal(cached["preview_cached"], last_c)
-    first_b, first_c, caption = show_step(1, state)
+    first_b, first_c, caption = show_step(1, state)[:3]
     assert np.array_equal(first_b, PREVIEWS.step(key, 0)[0]) and np.array_equal(first_c, PREVIEWS.step(key, 0)[1])
     assert first_b.shape == (64, 64, 3) and first_b.dtype == np.uint8
     assert caption.startswith(f"**Step 1/{STEPS}**") and "no reference yet" in caption
@@ -175,6 +175,49 @@ def test_scrubber_shows_each_runs_prediction_per_step(cached):
         assert np.array_equal(show_step(step, state)[0], last_b)
     for bad_state in ({"steps": 3, "previews": "not-a-key"}, {"steps": 3, "previews": ["x"]}, "text", 7):
         assert show_step(1, bad_state)[0] is None
+
+
+def pfs_rows(table: str) -> dict[int, list[str]]:
+    """The PFS table's cells by stage (1, 2), from its Markdown."""
+    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| Stage")]
+    return {int(cells[0].split()[1]): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+@pytest.fixture(scope="module")
+def mixed(generate):
+    # Thresholds at which the embedded model both reuses and recomputes within 10 steps.
+    return run(generate, tau1=0.25, tau2=0.25)
+
+
+def test_pfs_panel_matches_the_trace_at_every_step(mixed):
+    cached = mixed
+    state = cached["scrub_state"]
+    records = [StepRecord(**r) for r in cached["details"]["trace"] if r["context"] == "cond"]
+    assert any(r.forced2 for r in records) and any(r.d1 is not None and not r.hit1 for r in records)
+    for step, record in enumerate(records, start=1):
+        _, _, _, picture1, picture2, table = show_step(step, state)
+        rows = pfs_rows(table)
+        assert f"**Step {step}**, context 'cond'" in table
+        assert rows[1][4] == ("—" if record.d1 is None else f"{record.d1:.4f}")
+        assert picture1 is not None and picture1.dtype == np.uint8 and picture1.ndim == 3
+        if record.forced2:  # stage 1 reused: stage 2 compared nothing, and the panel says so
+            assert picture2 is None and rows[2][4] == "—" and "not compared (stage 1 reused)" in rows[2][7]
+        else:
+            assert picture2 is not None and rows[2][4] == ("—" if record.d2 is None else f"{record.d2:.4f}")
+        assert ("reused" in rows[1][7]) == record.hit1
+    # The generate call already shows the last step's panel.
+    assert cached["pfs_table"] == show_step(len(records), state)[5]
+    assert show_step(1, None)[3:5] == (None, None)
+
+
+def test_pfs_panel_follows_the_pool_size(generate):
+    coarse = run(generate, tau1=0.3, tau2=0.3, pool_size_stage1=16, steps=4)
+    fine = run(generate, tau1=0.3, tau2=0.3, steps=4)
+    # 64 image tokens x 128 channels: pool size 16 gives k = 4 and a 16 x 32 thumbnail; 2048 gives k = 1.
+    assert pfs_rows(coarse["pfs_table"])[1][:4] == ["64 (image)", "16", "4", "16 × 32"]
+    assert pfs_rows(fine["pfs_table"])[1][:4] == ["64 (image)", "2048", "1", "64 × 128"]
+    assert pfs_rows(fine["pfs_table"])[2][:4] == ["80 (16 text + 64 image)", "384", "1", "80 × 128"]
+    assert coarse["pfs_stage1"].shape != fine["pfs_stage1"].shape
 
 
 def test_previews_are_stored_losslessly(registry):

@@ -45,6 +45,36 @@ def test_prompt_generate_shows_both_images_and_the_metrics_table(page, app_serve
     assert not errors, errors
 
 
+def test_scrubbing_updates_the_pfs_panel_with_the_traces_distances(page, app_server):
+    from gradio_client import Client
+
+    from ui.callbacks import OUTPUT_FIELDS
+    from ui.settings import load_settings
+
+    steps, tau = 6, 0.25
+    run_comparison_in_page(page, app_server.url, PROMPT, steps=steps, tau1=tau, tau2=tau)
+    # The same request through the API (one server, one thread: the same decisions) gives the trace.
+    defaults = load_settings().defaults
+    size = load_settings().model("embedded").default_size
+    values = Client(app_server.url, verbose=False).predict(
+        PROMPT, "embedded", defaults.seed, steps, size, size, tau, tau, defaults.pool_size_stage1,
+        defaults.pool_size_stage2, api_name="/generate")
+    details = dict(zip([f for f in OUTPUT_FIELDS if f != "scrub_state"], values))["details"]
+    trace = [r for r in details["trace"] if r["context"] == "cond"]
+    shown = lambda d: "—" if d is None else f"{d:.4f}"  # noqa: E731
+    pictures = set()
+    for step in (2, steps, 1):
+        set_number(page, "scrub-step", step)
+        page.locator("#pfs-table").get_by_text(f"Step {step}, context").wait_for(timeout=60_000)
+        cells = {int(r[0].split()[1]): r for r in (row.locator("td").all_inner_texts()
+                                                   for row in page.locator("#pfs-table tbody tr").all())}
+        record = trace[step - 1]
+        assert cells[1][5] == shown(record["d1"]), (step, cells[1], record)
+        assert cells[2][5] == shown(record["d2"]), (step, cells[2], record)
+        pictures.add(page.locator("#pfs-stage1 img").get_attribute("src"))
+    assert len(pictures) == 3, "the stage-1 picture must change with the step"
+
+
 def test_bad_input_shows_an_error_and_the_page_still_works(page, app_server):
     page.goto(app_server.url, wait_until="domcontentloaded")
     page.locator("#prompt textarea").fill("   ")

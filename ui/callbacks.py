@@ -25,7 +25,7 @@ from .metrics_table import metrics_rows, summary_markdown
 from .models import ModelRegistry
 from .plots.compute_map import compute_map_figure
 from .plots.distances import distance_figure
-from .scrubber import scrubber_slider, scrubber_state, step_view
+from .scrubber import pfs_view, scrubber_slider, scrubber_state, step_view
 from .settings import AppSettings
 from .trace_view import computed_mask, guard_forced, shown_context
 from .validation import ComparisonRequest, validate_request
@@ -50,6 +50,9 @@ class GenerateOutputs:
     preview_baseline: np.ndarray | None
     preview_cached: np.ndarray | None
     preview_caption: str
+    pfs_stage1: np.ndarray | None
+    pfs_stage2: np.ndarray | None
+    pfs_table: str
     details: dict[str, Any]
     scrub_state: dict[str, Any]
 
@@ -69,6 +72,7 @@ def build_outputs(request: ComparisonRequest, result: JobResult, registry: Model
     split = _split_sizes(registry, request.model)
     state = scrubber_state(comparison)
     preview_b, preview_c, caption = step_view(state, request.steps)
+    pfs1, pfs2, table = pfs_view(state, request.steps)
     return GenerateOutputs(
         summary=summary_markdown(comparison, quality),
         baseline_image=baseline,
@@ -83,6 +87,9 @@ def build_outputs(request: ComparisonRequest, result: JobResult, registry: Model
         preview_baseline=preview_b,
         preview_cached=preview_c,
         preview_caption=caption,
+        pfs_stage1=pfs1,
+        pfs_stage2=pfs2,
+        pfs_table=table,
         details=comparison_details(request, comparison, quality),
         scrub_state=state,
     )
@@ -150,8 +157,12 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
     return generate
 
 
-def show_step(step: float, state: dict[str, Any] | None) -> tuple[Any, Any, str]:
-    return step_view(state, step)
+SCRUB_OUTPUTS = ("preview_baseline", "preview_cached", "preview_caption", "pfs_stage1", "pfs_stage2", "pfs_table")
+
+
+def show_step(step: float, state: dict[str, Any] | None) -> tuple[Any, ...]:
+    """The scrubber's outputs (SCRUB_OUTPUTS) at 1-based `step`: both runs' previews and the PFS panel."""
+    return (*step_view(state, step), *pfs_view(state, step))
 
 
 def make_model_change(settings: AppSettings) -> Callable[[str], tuple[Any, ...]]:

@@ -50,7 +50,7 @@ def run_job(registry_id: int, request: ComparisonRequest, progress: Progress | N
             progress((before + done) / (2 * total), desc=f"{RUN_LABELS.get(run, run)} run: step {done}/{total}")
 
     comparison = run_comparison(
-        pipe, request.prompt, seed=request.seed, config=request.config(), progress=on_step,
+        pipe, request.prompt, seed=request.seed, config=request.config(), progress=on_step, record_pfs=True,
         num_inference_steps=request.steps, height=request.height, width=request.width,
     )
     quality = compare_images(comparison.baseline.image, comparison.cached.image, lpips=True)

@@ -10,8 +10,9 @@ from h2cache import H2CacheConfig
 from h2cache.pipelines import EMBEDDED
 
 from .about import about_markdown
-from .callbacks import OUTPUT_FIELDS, make_generate, make_model_change, show_step
+from .callbacks import OUTPUT_FIELDS, SCRUB_OUTPUTS, make_generate, make_model_change, show_step
 from .metrics_table import HEADERS
+from .pfs_panel import EMPTY_TABLE
 from .models import ModelRegistry
 from .settings import AppSettings
 from .validation import make_validator
@@ -122,6 +123,14 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
             with gr.Row():
                 c["preview_baseline"] = _image("Baseline at this step", "preview-baseline")
                 c["preview_cached"] = _image("H2-Cache at this step", "preview-cached")
+            gr.Markdown("#### What pooled feature summarization (PFS) compared at this step",
+                        elem_classes=["section-title"])
+            for stage, name in ((1, "Stage 1 (structure)"), (2, "Stage 2 (detail)")):
+                c[f"pfs_stage{stage}"] = gr.Image(
+                    label=f"{name}: |probe residual| per image token · PFS thumbnail · reference · |difference|",
+                    type="numpy", format="png", interactive=False, elem_id=f"pfs-stage{stage}",
+                    elem_classes=["pixelated"], height=180, buttons=["download", "fullscreen"])
+            c["pfs_table"] = gr.Markdown(EMPTY_TABLE, label="PFS numbers", elem_id="pfs-table")
         with gr.Accordion("Details (JSON: request, timings, metrics, full trace)", open=False):
             c["details"] = gr.JSON(label="Details", elem_id="details")
         with gr.Accordion("About H2-Cache", open=False, elem_id="about"):
@@ -146,7 +155,7 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
             concurrency_limit=1,
         )
         c["scrub_step"].input(show_step, inputs=[c["scrub_step"], c["scrub_state"]],
-                              outputs=[c["preview_baseline"], c["preview_cached"], c["preview_caption"]],
+                              outputs=[c[name] for name in SCRUB_OUTPUTS],
                               api_visibility="private", queue=False, show_progress="hidden")
         model.change(make_model_change(settings), inputs=[model], outputs=[steps, width, height, tau1, tau2],
                      api_visibility="private", queue=False)

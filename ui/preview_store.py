@@ -20,6 +20,8 @@ import secrets
 import threading
 from collections import OrderedDict
 
+from typing import Any
+
 import numpy as np
 from PIL import Image
 
@@ -29,6 +31,7 @@ MAX_PREVIEW_SIDE = 256
 DEFAULT_MAX_BYTES = 16 * 2**20  # ~30 comparisons of 20 steps at 128x128, ~8 of 50 FLUX.1 steps
 
 Encoded = tuple[list[bytes], list[bytes]]  # (baseline, cached) PNGs, one per step
+Entry = tuple[Encoded, list[Any] | None, int]  # previews, what else the scrubber shows per step, bytes
 
 
 def reduce_preview(image: np.ndarray, max_side: int = MAX_PREVIEW_SIDE) -> np.ndarray:
@@ -57,24 +60,26 @@ class PreviewStore:
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[Encoded, int]] = OrderedDict()
+        self._items: OrderedDict[str, Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, baseline: list[np.ndarray], cached: list[np.ndarray]) -> str:
-        """Store one comparison's previews; returns the key a session keeps."""
+    def put(self, baseline: list[np.ndarray], cached: list[np.ndarray], extras: list[Any] | None = None,
+            extras_bytes: int = 0) -> str:
+        """Store one comparison's previews, and optionally one more object per step (`extras`, counted as
+        `extras_bytes`); returns the key a session keeps."""
         encoded = ([_png(reduce_preview(x)) for x in baseline], [_png(reduce_preview(x)) for x in cached])
-        size = sum(len(x) for run in encoded for x in run)
+        size = sum(len(x) for run in encoded for x in run) + int(extras_bytes)
         key = secrets.token_urlsafe(12)
         with self._lock:
-            self._items[key] = (encoded, size)
+            self._items[key] = (encoded, extras, size)
             self._bytes += size
             while self._bytes > self.max_bytes and len(self._items) > 1:
-                _, (_, dropped) = self._items.popitem(last=False)
+                _, (_, _, dropped) = self._items.popitem(last=False)
                 self._bytes -= dropped
         return key
 
-    def _encoded(self, key: object) -> Encoded | None:
+    def _entry(self, key: object) -> Entry | None:
         if not isinstance(key, str):
             return None
         with self._lock:
@@ -82,7 +87,18 @@ class PreviewStore:
             if item is None:
                 return None
             self._items.move_to_end(key)
-            return item[0]
+            return item
+
+    def _encoded(self, key: object) -> Encoded | None:
+        entry = self._entry(key)
+        return None if entry is None else entry[0]
+
+    def extra(self, key: object, index: int) -> Any | None:
+        """The object stored for 0-based step `index` with the previews; None if evicted, absent or out of range."""
+        entry = self._entry(key)
+        if entry is None or entry[1] is None or not 0 <= index < len(entry[1]):
+            return None
+        return entry[1][index]
 
     def steps(self, key: object) -> int | None:
         """How many steps are stored under `key`; None if evicted (or the key is not one of ours)."""
