@@ -6,14 +6,23 @@ Gradio's queue. Environment:
     H2CACHE_EMBEDDED_MODEL                   another directory for the embedded model (read by h2cache.pipelines)
     HF_TOKEN                                 for the gated FLUX.1 repositories (GPU machines only)
     H2CACHE_SETTINGS                         another settings file instead of space.yaml (tests use it)
+    H2CACHE_DEVICE                           where models are loaded (default: CUDA when available, else CPU)
+
+On ZeroGPU (the `spaces` package importable) every model the Space offers is loaded here at startup, in
+the main process, before the page serves; each comparison is one `spaces.GPU` call sized to the request.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
 from pathlib import Path
+
+if importlib.util.find_spec("spaces") is not None:
+    # ZeroGPU has to patch torch before anything initialises CUDA, so `spaces` comes first.
+    import spaces  # noqa: F401
 
 import gradio as gr
 from starlette.middleware import Middleware
@@ -21,7 +30,9 @@ from starlette.middleware import Middleware
 from h2cache import H2CacheConfig
 from h2cache.metrics import lpips_availability
 
+from ui.gpu import zero_gpu_active
 from ui.layout import build_demo
+from ui.memory import limit_heap_arenas
 from ui.models import ModelRegistry
 from ui.queue_guard import harden_queue
 from ui.request_guard import RequestGuard
@@ -37,20 +48,27 @@ PAGE_HANDLERS = ("show_step", "on_model_change", "load_example")
 # Calls that send only the first ten inputs get the H2CacheConfig options at the library's defaults (off).
 OPTION_DEFAULTS = tuple(getattr(H2CacheConfig(), name) for name in INPUT_FIELDS[len(INPUT_FIELDS) - 4:])
 # Sessions whose state Gradio keeps (least recently used first out). Each holds only a small key, but
-# Gradio's own per-session record is ~66 KB with this page's components.
-STATE_SESSION_CAPACITY = 256
+# Gradio's own per-session record is ~66 KB with this page's components. The preview store behind the
+# keys holds the last 10-30 comparisons, so older sessions would have nothing left to show anyway.
+STATE_SESSION_CAPACITY = 64
 
 
 def create_app(settings: AppSettings | None = None, registry: ModelRegistry | None = None) -> tuple[gr.Blocks, AppSettings, ModelRegistry]:
     """The queued Blocks app, its settings and its model registry (default model already loaded)."""
     settings = settings or load_settings(os.environ.get("H2CACHE_SETTINGS") or DEFAULT_SETTINGS_PATH)
-    registry = registry or ModelRegistry(settings)
+    zero_gpu = zero_gpu_active()
+    # ZeroGPU answers "is CUDA available" only inside a GPU call; its GPU models are offered regardless.
+    registry = registry or ModelRegistry(settings, cuda_available=True if zero_gpu else None, zero_gpu=zero_gpu,
+                                         device=os.environ.get("H2CACHE_DEVICE") or ("cuda" if zero_gpu else None))
     try:
-        # Load before the first request, so nobody's first click pays for it (and, on ZeroGPU,
-        # so the weights live in the main process rather than in one GPU call).
-        registry.get(registry.default_key)
+        # Load before the first request, so nobody's first click pays for it. On ZeroGPU every model:
+        # the weights must live in the main process, never be loaded inside a GPU call.
+        if zero_gpu:
+            registry.preload()
+        else:
+            registry.get(registry.default_key)
     except Exception as exc:  # the page still comes up and says why generation cannot work
-        log.error("could not load the default model %r: %s", registry.default_key, exc)
+        log.error("could not load the models at startup: %s", exc)
     # Finding out whether LPIPS can load (it may try a download) must not delay startup or the first result.
     threading.Thread(target=lpips_availability, name="lpips-warmup", daemon=True).start()
     demo = build_demo(settings, registry)
@@ -61,6 +79,7 @@ def create_app(settings: AppSettings | None = None, registry: ModelRegistry | No
 
 
 def main() -> None:
+    limit_heap_arenas()  # before Gradio starts its worker threads (ui/memory.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     demo, settings, _ = create_app()
     host, port = server_address(settings.host, settings.port)

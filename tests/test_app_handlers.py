@@ -12,6 +12,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+import torch
+import yaml
 
 import h2cache
 import h2cache.pipelines
@@ -429,6 +431,61 @@ def test_only_allowlisted_models_load(settings):
     assert gpu.keys == ["embedded", "black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-dev"]
 
 
+def test_zero_gpu_serves_one_flux_model_and_loads_everything_up_front(settings):
+    loaded = []
+
+    class FakePipe:
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+    zero = ModelRegistry(settings, loader=lambda key: loaded.append(key) or FakePipe(), cuda_available=True,
+                         zero_gpu=True)
+    assert zero.keys == ["embedded", "black-forest-labs/FLUX.1-dev"]
+    zero.preload()
+    assert loaded == zero.keys
+
+
+def test_a_dedicated_gpu_holds_one_gpu_model_at_a_time(settings, monkeypatch):
+    moves = []
+
+    class FakePipe:
+        def __init__(self, key):
+            self.key, self.device = key, torch.device("cuda")
+
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+        def to(self, device):
+            moves.append((self.key, device))
+            self.device = torch.device(device)
+            return self
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    registry = ModelRegistry(settings, loader=FakePipe, cuda_available=True)
+    schnell, dev = "black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-dev"
+    registry.get("embedded")
+    registry.get(schnell)
+    assert moves == []
+    assert registry.get(dev).device.type == "cuda" and moves == [(schnell, "cpu")]
+    assert registry.get(schnell).device.type == "cuda" and moves[1:] == [(dev, "cpu"), (schnell, "cuda")]
+
+
+def test_zero_gpu_settings_are_checked(tmp_path):
+    raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "space.yaml").read_text())
+    for model in raw["models"]:
+        model["zero_gpu"] = True
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SettingsError, match="at most one GPU model may have zero_gpu: true"):
+        load_settings(path)
+    raw["models"][2]["zero_gpu"] = False
+    raw["zero_gpu"] = {"min_duration": 60, "max_duration": 30}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SettingsError, match="min_duration <= max_duration"):
+        load_settings(path)
+
+
 def test_model_change_applies_that_models_ranges(settings):
     steps, width, height, tau1, tau2 = make_model_change(settings)("black-forest-labs/FLUX.1-schnell")
     assert (steps.maximum, width.maximum, width.value, tau1.value) == (8, 1024, 1024, 0.15)
@@ -517,3 +574,10 @@ def test_computed_mask_follows_the_h2cache_rules():
     assert decision_text(forced) == "computed everything (forced by a guard)"
     two = h2cache.Trace([StepRecord(0, "cond"), StepRecord(0, "uncond")])
     assert shown_context(two) == ("cond", "context 'cond' ('uncond' not shown)")
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_heap_arena_limit_is_accepted_by_glibc():
+    from ui.memory import limit_heap_arenas
+
+    assert limit_heap_arenas() is True

@@ -113,7 +113,11 @@ def client_message(exc: BaseException, limit: int = 200) -> str:
 
 def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..., tuple[Any, ...]]:
     """The generate handler, bound to this app's settings and models."""
-    gpu_job = on_gpu(run_job, settings.zero_gpu_duration)
+    def gpu_seconds(registry_id: int, request: ComparisonRequest, progress: Any = None) -> int:
+        # spaces.GPU calls this with the GPU function's own arguments: the reservation follows the request.
+        return settings.gpu_call_seconds(request.model, request.steps, request.width, request.height)
+
+    gpu_job = on_gpu(run_job, gpu_seconds)
     registry_id = register_models(registry)
 
     def generate(prompt: str, model: str, seed: float, steps: float, width: float, height: float,

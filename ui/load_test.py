@@ -50,6 +50,7 @@ class Report:
     rss_start_mb: float | None = None
     rss_end_mb: float | None = None
     wall_seconds: float = 0.0
+    rss_trace: list[tuple[int, float]] = field(default_factory=list)  # (requests done, MB), sequential runs
 
     def rows(self) -> list[tuple[str, str]]:
         ok = [o for o in self.outcomes if o.error is None]
@@ -69,6 +70,8 @@ class Report:
         if self.rss_start_mb is not None:
             rows.append(("server RSS start -> end", f"{self.rss_start_mb:.0f} MB -> {self.rss_end_mb:.0f} MB "
                                                     f"({self.rss_end_mb - self.rss_start_mb:+.0f} MB)"))
+        if self.rss_trace:
+            rows.append(("server RSS along the run", ", ".join(f"{n}: {mb:.0f}" for n, mb in self.rss_trace) + " MB"))
         for o in self.outcomes:
             if o.error and not o.refused:
                 rows.append(("first other error", o.error[:160]))
@@ -117,12 +120,17 @@ def run_scenario(name: str, url: str, pid: int | None, seeds: list[int], paralle
 
     report = Report(name, rss_start_mb=rss_mb(pid))
     start = time.perf_counter()
+    done = iter(range(1, len(seeds) + 1))
 
     def task(seed: int) -> Outcome:
         if time.monotonic() > deadline:
             return Outcome(0.0, error="skipped: --max-seconds reached")
         # One client per request, as independent API users would have (each has its own session).
-        return one_request(Client(url, verbose=False), seed, args)
+        outcome = one_request(Client(url, verbose=False), seed, args)
+        count = next(done)
+        if parallel == 1 and args.rss_every and count % args.rss_every == 0:
+            report.rss_trace.append((count, rss_mb(pid) or 0.0))
+        return outcome
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         report.outcomes = list(pool.map(task, seeds))
@@ -159,6 +167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3,
                    help="requests sent first and left out of every figure, RSS included: the first calls at a "
                         "new size fill caches that a leak test must not count (default: 3)")
+    p.add_argument("--rss-every", type=int, default=25,
+                   help="in one-at-a-time runs, sample the server's RSS after every N requests (default: 25; 0: off)")
     p.add_argument("--url", default=None, help="a running app on 127.0.0.1 (default: start one)")
     p.add_argument("--pid", type=int, default=None, help="that app's process id, for its RSS")
     p.add_argument("--max-seconds", type=float, default=1800, help="stop sending after this long (default: 1800)")

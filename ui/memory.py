@@ -14,13 +14,33 @@ import ctypes.util
 import functools
 
 
+# glibc's mallopt parameter for the number of heap arenas (malloc.h: M_ARENA_MAX).
+M_ARENA_MAX = -8
+ARENAS = 2
+
+
 @functools.cache
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str):
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):
         return None
+
+
+def _malloc_trim():
+    return _libc_function("malloc_trim")
+
+
+def limit_heap_arenas(arenas: int = ARENAS) -> bool:
+    """Make threads share `arenas` heap arenas instead of glibc's default of up to 8 per core.
+
+    Gradio runs handlers on a pool of up to 40 worker threads; each new thread that allocates would get
+    an arena of its own that keeps its freed pages, so RSS climbs while the pool warms up. Call it at
+    startup, before the server's threads exist. True if the C library took it.
+    """
+    mallopt = _libc_function("mallopt")
+    return bool(mallopt(M_ARENA_MAX, int(arenas))) if mallopt is not None else False
 
 
 def release_free_memory() -> bool:

@@ -37,6 +37,33 @@ def _get(mapping: dict[str, Any], key: str, kind: type | tuple[type, ...], where
 
 
 @dataclass(frozen=True)
+class GpuEstimate:
+    """Seconds a comparison of this model takes on the Space's GPU, at 1024x1024 (scaled by pixel count).
+
+    Both runs cost ``step_seconds`` per step, both runs' step previews ``preview_seconds`` per step to
+    decode, and ``fixed_seconds`` once (prompt encoding, the final decodes, metrics, moving weights in).
+    """
+
+    step_seconds: float
+    preview_seconds: float
+    fixed_seconds: float
+    source: str
+
+    def seconds(self, steps: int, width: int, height: int) -> float:
+        scale = width * height / 1024**2
+        return self.fixed_seconds + 2 * steps * scale * (self.step_seconds + self.preview_seconds)
+
+
+@dataclass(frozen=True)
+class ZeroGpu:
+    """How long each ``spaces.GPU`` call asks for: ``margin`` x the model's estimate, within the bounds."""
+
+    min_duration: int
+    max_duration: int
+    margin: float
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     key: str
     label: str
@@ -50,6 +77,8 @@ class ModelSpec:
     default_steps: int
     tau1: float
     tau2: float
+    zero_gpu: bool = True  # offered (and loaded at startup) on a ZeroGPU Space
+    gpu_estimate: GpuEstimate | None = None
 
 
 @dataclass(frozen=True)
@@ -87,16 +116,27 @@ class AppSettings:
     host: str
     port: int
     queue_max_size: int
-    zero_gpu_duration: int
+    zero_gpu_duration: int  # the GPU call's duration for models without a gpu_estimate
+    zero_gpu: ZeroGpu
     limits: Limits
     defaults: Defaults
     diff_gain: float
     models: tuple[ModelSpec, ...]
     examples: tuple[Example, ...]
 
-    def available_models(self, cuda_available: bool) -> list[ModelSpec]:
-        """The models this machine may serve: GPU-only ones are dropped without CUDA."""
-        return [m for m in self.models if cuda_available or not m.requires_gpu]
+    def available_models(self, cuda_available: bool, zero_gpu: bool = False) -> list[ModelSpec]:
+        """The models this machine may serve: GPU-only ones are dropped without CUDA; on ZeroGPU, only
+        those marked ``zero_gpu``."""
+        return [m for m in self.models if (cuda_available or not m.requires_gpu) and (m.zero_gpu or not zero_gpu)]
+
+    def gpu_call_seconds(self, key: str, steps: int, width: int, height: int) -> int:
+        """Seconds to ask ZeroGPU for one comparison: margin x the model's estimate, within the bounds
+        (``zero_gpu_duration`` for a model without an estimate)."""
+        estimate = self.model(key).gpu_estimate
+        if estimate is None:
+            return self.zero_gpu_duration
+        wanted = self.zero_gpu.margin * estimate.seconds(steps, width, height)
+        return int(min(max(wanted, self.zero_gpu.min_duration), self.zero_gpu.max_duration) + 0.999)
 
     def model(self, key: str) -> ModelSpec:
         for spec in self.models:
@@ -124,12 +164,42 @@ def _model(raw: dict[str, Any], index: int) -> ModelSpec:
         default_steps=_get(raw, "default_steps", int, where, gen.get("num_inference_steps", 0)),
         tau1=_get(raw, "tau1", float, where, 0.15),
         tau2=_get(raw, "tau2", float, where, 0.22),
+        zero_gpu=_get(raw, "zero_gpu", bool, where, True),
+        gpu_estimate=_gpu_estimate(raw, where),
     )
     if not 0 < spec.min_size <= spec.default_size <= spec.max_size:
         raise SettingsError(f"space.yaml: {where}: need 0 < sizes.min <= default size ({spec.default_size}) <= sizes.max")
     if not 0 < spec.min_steps <= spec.default_steps <= spec.max_steps:
         raise SettingsError(f"space.yaml: {where}: need 0 < steps.min <= default steps ({spec.default_steps}) <= steps.max")
     return spec
+
+
+def _gpu_estimate(raw: dict[str, Any], where: str) -> GpuEstimate | None:
+    est = _get(raw, "gpu_estimate", dict, where, None)
+    if est is None:
+        return None
+    at = f"{where}.gpu_estimate"
+    estimate = GpuEstimate(
+        step_seconds=_get(est, "step_seconds", float, at), preview_seconds=_get(est, "preview_seconds", float, at),
+        fixed_seconds=_get(est, "fixed_seconds", float, at), source=_get(est, "source", str, at))
+    if min(estimate.step_seconds, estimate.preview_seconds, estimate.fixed_seconds) < 0:
+        raise SettingsError(f"space.yaml: {at}: seconds must be >= 0")
+    return estimate
+
+
+def _zero_gpu(raw: dict[str, Any], models: tuple[ModelSpec, ...]) -> ZeroGpu:
+    zero = ZeroGpu(min_duration=_get(raw, "min_duration", int, "zero_gpu", 30),
+                   max_duration=_get(raw, "max_duration", int, "zero_gpu", 300),
+                   margin=_get(raw, "margin", float, "zero_gpu", 1.5))
+    if not 0 < zero.min_duration <= zero.max_duration or zero.margin < 1:
+        raise SettingsError("space.yaml: zero_gpu: need 0 < min_duration <= max_duration and margin >= 1")
+    # Every model a ZeroGPU Space serves is loaded at startup, and a GPU call may place all of them
+    # on its GPU: two FLUX.1 pipelines (~33 GB each in bf16) must not share one.
+    gpu_models = [m.key for m in models if m.requires_gpu and m.zero_gpu]
+    if len(gpu_models) > 1:
+        raise SettingsError(f"space.yaml: at most one GPU model may have zero_gpu: true (one FLUX.1 per ZeroGPU "
+                            f"Space), got {gpu_models}")
+    return zero
 
 
 def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
@@ -178,6 +248,7 @@ def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
         port=_get(server, "port", int, "server", 7860),
         queue_max_size=_get(queue, "max_size", int, "queue", 32),
         zero_gpu_duration=_get(raw, "zero_gpu_duration", int, "<root>", 120),
+        zero_gpu=_zero_gpu(_get(raw, "zero_gpu", dict, "<root>", {}), models),
         limits=limits,
         defaults=defaults,
         diff_gain=_get(raw, "diff_gain", float, "<root>", 8.0),
