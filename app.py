@@ -34,6 +34,7 @@ from ui.gpu import zero_gpu_active
 from ui.layout import build_demo
 from ui.memory import limit_heap_arenas
 from ui.models import ModelRegistry
+from ui.preview_store import PREVIEWS
 from ui.queue_guard import harden_queue
 from ui.request_guard import RequestGuard
 from ui.server_address import server_address
@@ -56,6 +57,7 @@ STATE_SESSION_CAPACITY = 64
 def create_app(settings: AppSettings | None = None, registry: ModelRegistry | None = None) -> tuple[gr.Blocks, AppSettings, ModelRegistry]:
     """The queued Blocks app, its settings and its model registry (default model already loaded)."""
     settings = settings or load_settings(os.environ.get("H2CACHE_SETTINGS") or DEFAULT_SETTINGS_PATH)
+    PREVIEWS.max_bytes = settings.preview_store_mb * 2**20
     zero_gpu = zero_gpu_active()
     # ZeroGPU answers "is CUDA available" only inside a GPU call; its GPU models are offered regardless.
     registry = registry or ModelRegistry(settings, cuda_available=True if zero_gpu else None, zero_gpu=zero_gpu,

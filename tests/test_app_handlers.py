@@ -502,6 +502,12 @@ def test_space_yaml_is_read_and_checked(settings, tmp_path):
                       "models: [{key: embedded, sizes: {min: 32, max: 128}, steps: {max: 100}}]\n")
     with pytest.raises(SettingsError, match="tau_max"):
         load_settings(broken)
+    assert settings.preview_store_mb == 16
+    broken.write_text("preview_store_mb: 0\nlimits: {prompt_max_chars: 10, tau_max: 1, pool_size_max: 9}\n"
+                      "defaults: {model: embedded, prompt: x}\n"
+                      "models: [{key: embedded, sizes: {min: 32, max: 128}, steps: {max: 100}}]\n")
+    with pytest.raises(SettingsError, match="preview_store_mb must be >= 1, got 0"):
+        load_settings(broken)
 
 
 def test_server_address_follows_local_space_and_env_rules():

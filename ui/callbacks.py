@@ -136,6 +136,9 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
             "final_full_steps": final_full_steps, "skip_stage2_probe_on_hit": skip_stage2_probe_on_hit,
         })
 
+        # Gradio encodes the previous response (PNGs, JSON) after its handler returned, so the trim in
+        # that handler's `finally` came too early for those buffers; this one returns them.
+        release_free_memory()
         why = event_probe()
         per_step = StoppableProgress(progress, why)  # polled at every step: an abandoned request stops there
         try:

@@ -3,8 +3,9 @@
 A comparison allocates and frees hundreds of MB of tensors while small long-lived objects (preview PNGs,
 session state) land between them on the heap. glibc then keeps the freed pages, and a server's RSS grew
 about 1.5 MB per request (+300 MB over 200 requests at 128x128). ``malloc_trim(0)`` returns them; with
-it, 30 requests grew RSS by 16 MB, all of it the bounded preview store. Elsewhere (macOS, musl) this is a
-no-op.
+it, 30 requests grew RSS by 16 MB, all of it the bounded preview store. The app trims at the start and
+the end of each comparison (Gradio encodes a response after its handler returns), and limits the number
+of heap arenas at startup. Elsewhere (macOS, musl) these are no-ops.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ from PIL import Image
 # A preview is shown at most this many pixels on a side; larger ones (FLUX.1 at 1024x1024) are
 # stored reduced, so one 50-step FLUX.1 comparison costs ~20 MB, not ~300 MB.
 MAX_PREVIEW_SIDE = 256
-DEFAULT_MAX_BYTES = 16 * 2**20  # ~30 comparisons of 20 steps at 128x128, ~8 of 50 FLUX.1 steps
+# ~12 comparisons of 20 steps at 128x128 (previews and PFS thumbnails: 1.27 MB each); one 50-step FLUX.1
+# comparison would take ~14 MB (estimated from its sizes), so a GPU Space should raise it (space.yaml: preview_store_mb).
+DEFAULT_MAX_BYTES = 16 * 2**20
 
 Encoded = tuple[list[bytes], list[bytes]]  # (baseline, cached) PNGs, one per step
 Entry = tuple[Encoded, list[Any] | None, int]  # previews, what else the scrubber shows per step, bytes

@@ -121,6 +121,7 @@ class AppSettings:
     limits: Limits
     defaults: Defaults
     diff_gain: float
+    preview_store_mb: int  # memory for the scrubber's previews and PFS thumbnails, all sessions together
     models: tuple[ModelSpec, ...]
     examples: tuple[Example, ...]
 
@@ -172,6 +173,12 @@ def _model(raw: dict[str, Any], index: int) -> ModelSpec:
     if not 0 < spec.min_steps <= spec.default_steps <= spec.max_steps:
         raise SettingsError(f"space.yaml: {where}: need 0 < steps.min <= default steps ({spec.default_steps}) <= steps.max")
     return spec
+
+
+def _positive(value: int, key: str) -> int:
+    if value < 1:
+        raise SettingsError(f"space.yaml: {key} must be >= 1, got {value}")
+    return value
 
 
 def _gpu_estimate(raw: dict[str, Any], where: str) -> GpuEstimate | None:
@@ -252,6 +259,7 @@ def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
         limits=limits,
         defaults=defaults,
         diff_gain=_get(raw, "diff_gain", float, "<root>", 8.0),
+        preview_store_mb=_positive(_get(raw, "preview_store_mb", int, "<root>", 16), "preview_store_mb"),
         models=models,
         examples=examples,
     )
