@@ -31,6 +31,6 @@ def test_flux_dev_preset_says_it_needs_a_gpu(tmp_path, monkeypatch):
 
 def test_writes_its_figures_as_json(tmp_path, capsys):
     out = tmp_path / "figures.json"
-    assert main(["--preset", "tiny", "--work", str(tmp_path), "--out", str(out)]) == 0
+    assert main(["--preset", "tiny", "--steps", "2", "--work", str(tmp_path), "--out", str(out)]) == 0
     figures = json.loads(out.read_text())
-    assert figures["preset"] == "tiny" and "gpu_call_s" in capsys.readouterr().out
+    assert figures["preset"] == "tiny" and figures["steps"] == 2 and "gpu_call_s" in capsys.readouterr().out

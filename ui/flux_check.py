@@ -11,6 +11,7 @@ so the time to encode the prompt with the real T5-XXL (a fraction of a second on
 Random weights make random images; the point is the time and the memory of the code path.
 
     python -m ui.flux_check                      # FLUX.1-dev shape, 1024x1024, bf16, 28 steps (GPU)
+    python -m ui.flux_check --steps 50           # the longest FLUX.1-dev request the app allows
     python -m ui.flux_check --preset tiny        # the same code path in seconds on a CPU
 
 Prints a table and writes it as JSON (``--out``).
@@ -23,7 +24,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +113,14 @@ def _gib(n: int) -> float:
     return n / 2**30
 
 
-def run_check(preset_name: str, work: Path, settings_path: Path | None = None) -> dict[str, Any]:
+def run_check(preset_name: str, work: Path, settings_path: Path | None = None, steps: int | None = None) -> dict[str, Any]:
     from .callbacks import build_outputs
     from .job import register_models, run_job
     from .models import ModelRegistry
     from .settings import DEFAULT_SETTINGS_PATH, load_settings
     from .validation import validate_request
 
-    preset = PRESETS[preset_name]
+    preset = PRESETS[preset_name] if steps is None else replace(PRESETS[preset_name], steps=int(steps))
     cuda = preset.device == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("the flux-dev preset needs a CUDA GPU; use --preset tiny to try the code path on a CPU")
@@ -201,11 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ui.flux_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=tuple(PRESETS), default="flux-dev")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the preset's; FLUX.1-dev 28)")
     parser.add_argument("--work", type=Path, default=None, help="where the random-weight model is saved (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="flux-check-") as tmp:
-        result = run_check(args.preset, args.work or Path(tmp))
+        result = run_check(args.preset, args.work or Path(tmp), steps=args.steps)
     print_table(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
