@@ -9,9 +9,9 @@ Off by default, since a trace of decisions is all a cached run needs. Turned on 
   (FLUX.1 at 1024x1024 has a 2048 x 1536 stage-1 thumbnail); its real shape is kept beside it;
 - which step's thumbnail served as the reference (the stage's last miss), and the distance.
 
-Nothing full-size is kept, so memory stays small at any resolution: at most 64 KB per stage and step. The
-tensors stay on the model's device during the call (no extra host syncs in the timed run) and are
-copied to the host when first read.
+Nothing full-size is kept, so memory stays small at any resolution: at most 64 KB of thumbnail and 4 bytes
+per image token (16 KB for FLUX.1 at 1024x1024) per stage and step. The tensors stay on the model's
+device during the call (no extra host syncs in the timed run) and are copied to the host when first read.
 
 Example:
     >>> import torch, h2cache

@@ -145,8 +145,10 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
             progress(0.0, desc="Starting the baseline run")
             with exclusive_run(why):
                 result = on_model_thread(gpu_job, registry_id, request, per_step)
-            progress(1.0, desc="Drawing plots")
-            return build_outputs(request, result, registry, settings.diff_gain).as_tuple()
+                # Still inside the run slot: a request cancelled while its plots are drawn must not
+                # leave them running beside the next request's timed run.
+                progress(1.0, desc="Drawing plots")
+                return build_outputs(request, result, registry, settings.diff_gain).as_tuple()
         except gr.Error:
             raise
         except ClientGone as exc:

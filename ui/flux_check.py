@@ -181,9 +181,10 @@ def run_check(preset_name: str, work: Path, settings_path: Path | None = None, s
         "pfs_views": len(comparison.cached.pfs or []),
         "pfs_views_bytes": sum(v.thumbnail.nbytes + v.image_magnitude.nbytes for v in comparison.cached.pfs or []),
         "pfs_panel_shown": outputs.pfs_stage1 is not None,
-        "zero_gpu_duration_s": settings.zero_gpu_duration,
+        # What the app asks ZeroGPU for with this request (space.yaml's estimate x margin, within bounds).
+        "requested_gpu_duration_s": settings.gpu_call_seconds(FLUX_DEV, preset.steps, preset.size, preset.size),
     })
-    result["fits_zero_gpu_duration"] = result["gpu_call_s"] <= settings.zero_gpu_duration
+    result["fits_requested_duration"] = result["gpu_call_s"] <= result["requested_gpu_duration_s"]
     if cuda:
         result["weights_gib"] = _gib(base_memory)
         result["peak_gpu_gib"] = _gib(torch.cuda.max_memory_allocated())

@@ -29,7 +29,7 @@ from PIL import Image
 # stored reduced, so one 50-step FLUX.1 comparison costs ~20 MB, not ~300 MB.
 MAX_PREVIEW_SIDE = 256
 # ~12 comparisons of 20 steps at 128x128 (previews and PFS thumbnails: 1.27 MB each); one 50-step FLUX.1
-# comparison would take ~14 MB (estimated from its sizes), so a GPU Space should raise it (space.yaml: preview_store_mb).
+# comparison would take ~20 MB (estimated from its sizes), so a GPU Space should raise it (space.yaml: preview_store_mb).
 DEFAULT_MAX_BYTES = 16 * 2**20
 
 Encoded = tuple[list[bytes], list[bytes]]  # (baseline, cached) PNGs, one per step

@@ -5,7 +5,7 @@ and accepts uploads of any size though this app has no upload component. This mi
 front of Gradio's routes and lets through:
 
 - queue joins and ``/call/<name>`` only for the public endpoint (``generate``);
-- ``/run/<name>`` only for the page's unqueued handlers (the step scrubber, the model picker), with
+- ``/run/<name>`` only for the page's unqueued handlers (the step scrubber, the model picker, the examples), with
   exactly their number of values;
 - no upload at all, refused before its body is read.
 
