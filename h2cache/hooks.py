@@ -52,6 +52,8 @@ class _StageState:
         self.head_input: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.through: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.hit = False
+        # Whether the stage's blocks return a tuple of streams or one tensor (HiDream's wrapper does either).
+        self.tuple_output = True
 
 
 class H2CacheState(BaseState):
@@ -118,11 +120,19 @@ def _pack(output: Any, meta, hidden: torch.Tensor, encoder: torch.Tensor | None)
 
 
 def _inputs(meta, args, kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-    hidden = meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+    # The metadata names the arguments: not every block calls its input `hidden_states` (Z-Image: `x`).
+    hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
     encoder = None
     if meta.return_encoder_hidden_states_index is not None:
-        encoder = meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
+        encoder = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
     return hidden, encoder
+
+
+def _skipped(meta, tuple_output: bool, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
+    """A skipped block's return value, shaped like the block's own (one tensor, or a tuple of streams)."""
+    if not tuple_output or meta.return_encoder_hidden_states_index is None:
+        return hidden
+    return _pack((None, None), meta, hidden, encoder)
 
 
 def _sub(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -231,10 +241,11 @@ class H2ProbeHook(StatefulBlockHook):
             record.d2, record.hit2, record.forced2, record.probe2_skipped = None, True, True, True
             through_hidden, through_encoder = stage.through
             encoder = None if through_encoder is None or encoder_in is None else encoder_in + through_encoder
-            return _pack((None, None), self._meta, hidden_in + through_hidden, encoder)
+            return _skipped(self._meta, stage.tuple_output, hidden_in + through_hidden, encoder)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if record is None:  # the block was called outside a transformer call: stay out of the way
             return output
+        stage.tuple_output = isinstance(output, tuple)
         record.blocks_run += 1
         hidden_out, encoder_out = _streams(output, self._meta)
         distance, hit, forced = self.decide(state, hidden_in, encoder_in, hidden_out, encoder_out)
@@ -328,9 +339,7 @@ class H2BlockHook(StatefulBlockHook):
         stage = state.stages[self.stage]
         if state.record is not None and stage.hit:
             hidden_in, encoder_in = _inputs(self._meta, args, kwargs)
-            if self._meta.return_encoder_hidden_states_index is None:
-                return hidden_in
-            return _pack((None, None), self._meta, hidden_in, encoder_in)
+            return _skipped(self._meta, stage.tuple_output, hidden_in, encoder_in)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if state.record is None:
             return output
@@ -438,8 +447,8 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
 
     Raises:
         TypeError: not a pipeline or module, or `config` is not an ``H2CacheConfig``.
-        ValueError: no block lists H2-Cache understands, a bad ``stage_split``, options that contradict each
-            other (:meth:`H2CacheConfig.validate`), or a cache already applied.
+        ValueError: a transformer class not in ``h2cache.stages.MODEL_TABLE``, a bad ``stage_split``, options
+            that contradict each other (:meth:`H2CacheConfig.validate`), or a cache already applied.
         On any error the model is left untouched.
 
     Example:
