@@ -5,6 +5,7 @@ Example:
     >>> cfg = h2cache.H2CacheConfig(tau1=0.15, tau2=0.22)
 """
 
+from .calibrate import Calibration, calibrate, stored_calibration
 from .config import H2CacheConfig
 from .hooks import H2CacheHandle, apply_h2_cache, is_h2_cache_applied
 from .pipelines import generation_defaults, load_pipeline
@@ -13,6 +14,6 @@ from .stages import StageSplit, resolve_stages
 from .trace import StepRecord, Trace
 
 __all__ = [
-    "H2CacheConfig", "H2CacheHandle", "StageSplit", "StepRecord", "Trace", "apply_h2_cache",
+    "Calibration", "calibrate", "stored_calibration", "H2CacheConfig", "H2CacheHandle", "StageSplit", "StepRecord", "Trace", "apply_h2_cache",
     "is_h2_cache_applied", "generation_defaults", "load_pipeline", "pfs_distance", "pfs_kernel", "pfs_thumbnail", "resolve_stages",
 ]

@@ -1,0 +1,78 @@
+"""h2cache.calibrate: budgets and floors in, thresholds out, on a tiny random FLUX pipeline; the stored searches."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from h2cache import calibrate, stored_calibration
+from h2cache.calibrate import EXACT, SearchStore, choose
+from h2cache.methods.calibration import CalibrationStore
+from tiny_models import tiny_flux_pipeline
+
+torch.set_num_threads(1)
+PROMPTS = ["a red circle at the top", "a blue square at the left"]
+CALL = dict(height=32, width=32, max_sequence_length=16)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_flux_pipeline()
+
+
+@pytest.fixture(scope="module")
+def budget(pipe, tmp_path_factory):
+    store = SearchStore(CalibrationStore(tmp_path_factory.mktemp("cal") / "calibration.json"))
+    return calibrate(pipe, PROMPTS, num_inference_steps=8, target_blocks=0.6, store=store, progress=False, **CALL), store
+
+
+def test_a_compute_budget_gives_the_best_median_psnr_within_it(budget):
+    cal, _ = budget
+    assert cal.met and cal.blocks_share <= 0.6 and len(cal.psnr) == len(PROMPTS)
+    within = [p for p in [EXACT, *cal.points] if p.blocks_share <= 0.6]
+    assert statistics.median(cal.psnr) == max(statistics.median(p.psnr) for p in within)
+    assert any(p.blocks_share > 0.6 for p in cal.points), "the search must have crossed the budget's boundary"
+    assert (cal.config.tau1, cal.config.tau2) in {(p.tau1, p.tau2) for p in cal.points}
+    # Cost in uncached-run units: the baselines once, each cached run by its share of blocks.
+    runs = len(cal.points) * len(PROMPTS)
+    assert len(PROMPTS) < cal.cost_baseline_runs < len(PROMPTS) + runs
+
+
+def test_a_psnr_floor_gives_the_fewest_blocks_that_keep_it(pipe):
+    cal = calibrate(pipe, PROMPTS[:1], num_inference_steps=8, min_psnr=30.0, floor="worst", progress=False, **CALL)
+    assert cal.met and min(cal.psnr) >= 30.0
+    keeping = [p for p in [EXACT, *cal.points] if min(p.psnr) >= 30.0]
+    assert cal.blocks_share == min(p.blocks_share for p in keeping)
+
+
+def test_the_search_is_stored_and_answers_other_budgets_without_running(budget, pipe):
+    cal, store = budget
+    again = stored_calibration(pipe, 8, 32, 32, target_blocks=0.6, store=store)
+    assert again.source == "stored" and again.config == cal.config and again.blocks_share == cal.blocks_share
+    looser = stored_calibration(pipe, 8, 32, 32, target_blocks=0.9, store=store)
+    assert looser.blocks_share <= 0.9 and statistics.median(looser.psnr) >= statistics.median(cal.psnr)
+    assert stored_calibration(pipe, 9, 32, 32, target_blocks=0.6, store=store) is None  # other step count
+    other = tiny_flux_pipeline()
+    with torch.no_grad():
+        next(other.transformer.parameters()).add_(1.0)  # other weights: their thresholds are not these
+    assert stored_calibration(other, 8, 32, 32, target_blocks=0.6, store=store) is None
+
+
+def test_an_unreachable_budget_returns_the_closest_point_and_says_so(budget):
+    cal, _ = budget
+    chosen, met = choose(cal.points, target_blocks=0.01)
+    assert not met and chosen.blocks_share == min(p.blocks_share for p in cal.points)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "exactly one of target_blocks"),
+    ({"target_blocks": 0.5, "min_psnr": 30}, "exactly one of target_blocks"),
+    ({"target_blocks": 1.5}, "target_blocks must be a share of blocks from 0"),
+    ({"min_psnr": float("nan")}, "min_psnr must be a positive number of dB"),
+    ({"target_blocks": 0.5, "floor": "mean"}, "floor must be one of"),
+])
+def test_bad_budgets_are_refused_by_name(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        calibrate(pipe, PROMPTS, num_inference_steps=4, progress=False, **kwargs, **CALL)
