@@ -44,8 +44,10 @@ from ui.settings import DEFAULT_SETTINGS_PATH, AppSettings, load_settings
 ROOT = Path(__file__).resolve().parent
 CSS_PATH = ROOT / "assets" / "app.css"
 log = logging.getLogger("h2cache.app")
-# The unqueued handlers the page itself calls (step scrubber, model picker, examples); nothing else but /generate.
-PAGE_HANDLERS = ("show_step", "on_model_change", "load_example")
+# The unqueued handlers the page itself calls (step scrubber, model picker, examples, target mode); nothing
+# else but /generate.
+PAGE_HANDLERS = ("show_step", "on_model_change", "load_example", "apply_target", "apply_target_for_model",
+                 "report_target")
 # Calls that send only the first ten inputs get the H2CacheConfig options at the library's defaults (off).
 OPTION_DEFAULTS = tuple(getattr(H2CacheConfig(), name) for name in INPUT_FIELDS[len(INPUT_FIELDS) - 4:])
 # Sessions whose state Gradio keeps (least recently used first out). Each holds only a small key, but

@@ -75,6 +75,24 @@ def test_scrubbing_updates_the_pfs_panel_with_the_traces_distances(page, app_ser
     assert len(pictures) == 3, "the stage-1 picture must change with the step"
 
 
+def test_target_mode_sets_the_thresholds_from_the_stored_calibration_and_reports_the_share(page, app_server):
+    import h2cache
+    from ui.target_mode import calibrated_thresholds
+
+    expected = calibrated_thresholds(h2cache.load_pipeline(), 28, 64, 64, 0.5)
+    assert expected.tau1 is not None, expected.text
+    page.goto(app_server.url, wait_until="domcontentloaded")
+    page.locator("#prompt textarea").wait_for(state="visible", timeout=180_000)
+    page.locator("#threshold-mode").get_by_label("target compute").check()
+    page.locator("#target-info").get_by_text("From the stored calibration at 64x64, 28 steps").wait_for(timeout=60_000)
+    assert float(page.locator("#tau1 input[type=number]").input_value()) == pytest.approx(expected.tau1)
+    assert float(page.locator("#tau2 input[type=number]").input_value()) == pytest.approx(expected.tau2)
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#generate").click()
+    page.locator("#target-info").get_by_text("This comparison ran").wait_for(timeout=180_000)
+    assert "against a 50% target" in page.locator("#target-info").inner_text()
+
+
 def test_bad_input_shows_an_error_and_the_page_still_works(page, app_server):
     page.goto(app_server.url, wait_until="domcontentloaded")
     page.locator("#prompt textarea").fill("   ")

@@ -27,6 +27,7 @@ from .plots.compute_map import compute_map_figure
 from .plots.distances import distance_figure
 from .scrubber import pfs_view, scrubber_slider, scrubber_state, step_view
 from .settings import AppSettings
+from .target_mode import MANUAL_TEXT, MODES, calibrated_thresholds, target_report
 from .trace_view import computed_mask, guard_forced, shown_context
 from .validation import ComparisonRequest, validate_request
 
@@ -192,3 +193,25 @@ def make_model_change(settings: AppSettings) -> Callable[[str], tuple[Any, ...]]
         )
 
     return on_model_change
+
+
+def make_apply_target(registry: ModelRegistry) -> Callable[..., tuple[Any, Any, str]]:
+    """In target mode, set tau1 and tau2 from the stored calibration for the model, size and steps."""
+
+    def apply_target(mode: str, budget: float, model: str, steps: float, width: float, height: float) -> tuple[Any, Any, str]:
+        if mode != MODES[1]:
+            return gr.skip(), gr.skip(), MANUAL_TEXT
+        pipe = registry.loaded(model) if model in registry.keys else None
+        if pipe is None:  # loading FLUX.1 here would block the page for minutes
+            return gr.skip(), gr.skip(), "This model is not loaded yet: run one comparison with it first."
+        choice = calibrated_thresholds(pipe, steps, width, height, budget)
+        if choice.tau1 is None:
+            return gr.skip(), gr.skip(), choice.text
+        return gr.Slider(value=choice.tau1), gr.Slider(value=choice.tau2), choice.text
+
+    return apply_target
+
+
+def report_target(mode: str, budget: float, details: Any) -> str:
+    """After a comparison: the achieved share of blocks against the target (target mode only)."""
+    return target_report(mode, budget, details)

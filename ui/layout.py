@@ -10,9 +10,11 @@ from h2cache import H2CacheConfig
 from h2cache.pipelines import EMBEDDED
 
 from .about import about_markdown
-from .callbacks import OUTPUT_FIELDS, SCRUB_OUTPUTS, make_generate, make_model_change, show_step
+from .callbacks import (OUTPUT_FIELDS, SCRUB_OUTPUTS, make_apply_target, make_generate, make_model_change,
+                        report_target, show_step)
 from .metrics_table import HEADERS
 from .pfs_panel import EMPTY_TABLE
+from .target_mode import MANUAL_TEXT, MODES
 from .models import ModelRegistry
 from .settings import AppSettings
 from .validation import make_validator
@@ -80,9 +82,15 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                     width = gr.Slider(label="Width", elem_id="width", **size)
                     height = gr.Slider(label="Height", elem_id="height", **size)
                 tau1 = gr.Slider(label="τ1: stage-1 (structure) threshold", minimum=0, maximum=limits.tau_max,
-                                 step=0.01, value=spec.tau1, elem_id="tau1", info="0 = never reuse")
+                                 step=0.001, value=spec.tau1, elem_id="tau1", info="0 = never reuse")
                 tau2 = gr.Slider(label="τ2: stage-2 (detail) threshold", minimum=0, maximum=limits.tau_max,
-                                 step=0.01, value=spec.tau2, elem_id="tau2")
+                                 step=0.001, value=spec.tau2, elem_id="tau2")
+                with gr.Group():
+                    mode = gr.Radio(list(MODES), value=MODES[0], label="Thresholds", elem_id="threshold-mode",
+                                    info="target compute: τ1 and τ2 from a stored calibration (h2cache.calibrate)")
+                    budget = gr.Slider(label="Compute budget: share of blocks to run", minimum=0.3, maximum=0.9,
+                                       step=0.05, value=0.5, elem_id="budget")
+                    target_info = gr.Markdown(MANUAL_TEXT, elem_id="target-info")
                 with gr.Accordion("Advanced", open=False):
                     pool1 = gr.Number(label="PFS pool size, stage 1", value=defaults.pool_size_stage1, precision=0,
                                       minimum=limits.pool_size_min, maximum=limits.pool_size_max, elem_id="pool1",
@@ -140,7 +148,7 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
         c["scrub_state"] = gr.State(time_to_live=STATE_TTL_SECONDS)
 
         inputs = [prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2, *options]  # INPUT_FIELDS order
-        gr.on(
+        generated = gr.on(
             triggers=[generate_button.click, prompt.submit],
             fn=make_generate(settings, registry),
             inputs=inputs,
@@ -157,6 +165,12 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
         c["scrub_step"].input(show_step, inputs=[c["scrub_step"], c["scrub_state"]],
                               outputs=[c[name] for name in SCRUB_OUTPUTS],
                               api_visibility="private", queue=False, show_progress="hidden")
+        target = dict(fn=make_apply_target(registry), inputs=[mode, budget, model, steps, width, height],
+                      outputs=[tau1, tau2, target_info], api_visibility="private", queue=False)
         model.change(make_model_change(settings), inputs=[model], outputs=[steps, width, height, tau1, tau2],
-                     api_visibility="private", queue=False)
+                     api_visibility="private", queue=False).then(**target, api_name="apply_target_for_model")
+        gr.on(triggers=[mode.change, budget.release, steps.release, width.release, height.release], **target,
+              api_name="apply_target")
+        generated.success(report_target, inputs=[mode, budget, c["details"]], outputs=[target_info],
+                          api_visibility="private", queue=False)
     return demo

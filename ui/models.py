@@ -78,6 +78,10 @@ class ModelRegistry:
             self._make_only_gpu_model(key, pipe)
         return pipe
 
+    def loaded(self, key: str) -> Any | None:
+        """The pipeline for `key` if it is loaded already (never loads: for quick page handlers)."""
+        return self._pipes.get(key)
+
     def preload(self) -> None:
         """Load every model this registry serves, logging each (ZeroGPU: before the page serves)."""
         for number, spec in enumerate(self.specs, start=1):
