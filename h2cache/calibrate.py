@@ -44,7 +44,7 @@ from .metrics import psnr, ssim
 from .pipelines import generation_defaults
 
 RATIOS = (1.0, 1.5, 2.25)  # tau2 / tau1 lines the search follows
-COARSE_TAU1 = (0.02, 0.04, 0.07, 0.1, 0.15, 0.22, 0.32, 0.45, 0.65)
+COARSE_TAU1 = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.22, 0.32, 0.45, 0.65)
 BISECTIONS = 3
 PSNR_CAP = 100.0  # identical images score this instead of infinity, so medians and JSON stay finite
 FLOORS = ("median", "worst")
