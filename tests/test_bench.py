@@ -205,7 +205,8 @@ def test_auto_grid_gives_every_method_one_point_per_target(tiny_model_dir, promp
 
 def test_flux_scale_check_pins_block_patterns_and_exactness(tmp_path):
     """The FLUX-shaped timing check (tiny layout on the CPU): threshold 0 gives the uncached latents bit for
-    bit, and the extreme thresholds give exactly the block counts DESIGN.md's cost rules predict."""
+    bit, and the extreme thresholds give exactly the block counts the algorithm's cost rules predict (a hit
+    runs the two probes, a miss every block)."""
     import json
 
     from h2cache.bench import flux_scale

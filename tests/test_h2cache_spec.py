@@ -1,4 +1,9 @@
-"""Decision by decision: the hooks against an independent re-computation of DESIGN.md's algorithm.
+"""Decision by decision: the hooks against an independent re-computation of the published algorithm.
+
+The algorithm as the paper (Sung et al., arXiv 2510.27171) describes it, and as docs/ARCHITECTURE.md
+section 3 spells out for this code: per stage, the probe's residual is pooled (PFS) and compared by
+relative L1 with the reference from the stage's last miss; below the threshold the stage's cached
+residual replaces its other blocks, and a stage-1 hit makes stage 2 hit too.
 
 The test captures each probe block's inputs, recomputes the probe's raw output by calling the block
 class's own forward (bypassing every hook), and replays the algorithm with its own state.
@@ -24,7 +29,7 @@ def raw_residual(block, kwargs, both_streams: bool):
 
 
 class Replay:
-    """DESIGN.md's algorithm, written out once more with its own per-context state."""
+    """The published algorithm, written out once more with its own per-context state."""
 
     def __init__(self, cfg: H2CacheConfig):
         self.cfg = cfg
