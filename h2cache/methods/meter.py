@@ -244,16 +244,6 @@ class BlockMeter:
         self.attached = False
 
     # -- what other hooks may ask ---------------------------------------------------------------------
-    @property
-    def run_pending(self) -> bool:
-        """True between pipeline calls: the next transformer call starts a new run (and a new trace)."""
-        return self._new_run
-
-    def current_context(self) -> str:
-        """The cache context the pipeline has set for the coming (or current) transformer call."""
-        context = self._root.state_manager._context if self._root is not None else None
-        return context.name if context is not None else DEFAULT_CONTEXT
-
     def current_call(self) -> MethodRecord | None:
         """The record of the transformer call in progress (its ``step`` and ``context``); ``None`` between calls.
 
