@@ -52,7 +52,7 @@ PAGE_HANDLERS = ("show_step", "on_model_change", "load_example", "apply_target",
 OPTION_DEFAULTS = tuple(getattr(H2CacheConfig(), name) for name in INPUT_FIELDS[len(INPUT_FIELDS) - 4:])
 # Sessions whose state Gradio keeps (least recently used first out). Each holds only a small key, but
 # Gradio's own per-session record is ~66 KB with this page's components. The preview store behind the
-# keys holds the last 10-30 comparisons, so older sessions would have nothing left to show anyway.
+# keys holds only the last dozen or so comparisons, so older sessions would have nothing left to show anyway.
 STATE_SESSION_CAPACITY = 64
 
 

@@ -445,6 +445,23 @@ def test_zero_gpu_serves_one_flux_model_and_loads_everything_up_front(settings):
     assert loaded == zero.keys
 
 
+def test_startup_loading_goes_on_past_a_model_that_fails(settings, caplog):
+    class FakePipe:
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+    def loader(key):
+        if key == "embedded":
+            raise RuntimeError("gated repository, no HF_TOKEN")
+        return FakePipe()
+
+    zero = ModelRegistry(settings, loader=loader, cuda_available=True, zero_gpu=True)
+    with caplog.at_level("INFO", logger="h2cache.app"):
+        zero.preload()
+    assert zero.loaded("embedded") is None and zero.loaded("black-forest-labs/FLUX.1-dev") is not None
+    assert "could not load embedded at startup: gated repository" in caplog.text and "1 of 2 models loaded" in caplog.text
+
+
 def test_a_dedicated_gpu_holds_one_gpu_model_at_a_time(settings, monkeypatch):
     moves = []
 

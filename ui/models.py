@@ -84,10 +84,16 @@ class ModelRegistry:
 
     def preload(self) -> None:
         """Load every model this registry serves, logging each (ZeroGPU: before the page serves)."""
+        failed = []
         for number, spec in enumerate(self.specs, start=1):
             log.info("loading model %d/%d: %s", number, len(self.specs), spec.key)
-            self.get(spec.key)
-        log.info("all %d models loaded", len(self.specs))
+            try:
+                self.get(spec.key)
+            except Exception as exc:  # one missing model (e.g. a gated repo without HF_TOKEN) must not stop the rest
+                log.error("could not load %s at startup: %s", spec.key, exc)
+                failed.append(spec.key)
+        log.info("%d of %d models loaded%s", len(self.specs) - len(failed), len(self.specs),
+                 f" (failed: {', '.join(failed)})" if failed else "")
 
     def _spec(self, key: str) -> ModelSpec:
         return next(spec for spec in self.specs if spec.key == key)
