@@ -14,6 +14,7 @@ from .stages import StageSplit, resolve_stages
 from .trace import StepRecord, Trace
 
 __all__ = [
-    "Calibration", "calibrate", "stored_calibration", "H2CacheConfig", "H2CacheHandle", "StageSplit", "StepRecord", "Trace", "apply_h2_cache",
-    "is_h2_cache_applied", "generation_defaults", "load_pipeline", "pfs_distance", "pfs_kernel", "pfs_thumbnail", "resolve_stages",
+    "Calibration", "H2CacheConfig", "H2CacheHandle", "StageSplit", "StepRecord", "Trace", "apply_h2_cache",
+    "calibrate", "generation_defaults", "is_h2_cache_applied", "load_pipeline", "pfs_distance", "pfs_kernel",
+    "pfs_thumbnail", "resolve_stages", "stored_calibration",
 ]

@@ -298,7 +298,8 @@ class H2ProbeHook(StatefulBlockHook):
         tau = self.config.tau1 if self.stage == 0 else self.config.tau2
         hit = distance is not None and distance < tau and not state.force_full
         if self.views.enabled and state.record is not None:
-            self._record_view(state, signal, hidden_out.shape[1], thumb, distance, stage.ref_step if distance is not None else None, hit)
+            reference_step = stage.ref_step if distance is not None else None
+            self._record_view(state, signal, hidden_out.shape[1], thumb, distance, reference_step, hit)
         if not hit:
             stage.ref, stage.ref_step = thumb, state.step
         stage.hit = hit
