@@ -120,8 +120,12 @@ def _check_budget(target_blocks: float | None, min_psnr: float | None, floor: st
         raise ValueError(f"floor must be one of {FLOORS}, got {floor!r}")
 
 
-class _Scorer:
-    """Scores (tau1, tau2) pairs against baselines computed once; counts the compute spent."""
+class PointScorer:
+    """Scores (tau1, tau2) pairs on prompts x seeds against uncached images computed once; counts the compute.
+
+    ``call_kwargs`` are the full pipeline call arguments (with ``num_inference_steps``); ``bar`` is ticked
+    once per pipeline run.
+    """
 
     def __init__(self, pipe: Any, prompts: list[str], seeds: tuple[int, ...], base: H2CacheConfig,
                  call_kwargs: dict[str, Any], bar: tqdm | None) -> None:
@@ -164,7 +168,12 @@ class _Scorer:
         return point
 
 
-def _search(scorer: _Scorer, feasible) -> None:
+def grid() -> list[tuple[float, float]]:
+    """The coarse (tau1, tau2) points every search starts from: each tau1 of the sweep on each ratio line."""
+    return [(t, t * ratio) for ratio in RATIOS for t in COARSE_TAU1]
+
+
+def _search(scorer: PointScorer, feasible) -> None:
     """Coarse sweep of each ratio line, then bisection towards the feasibility boundary on each line."""
     for ratio in RATIOS:
         line = [scorer.score(t, t * ratio) for t in COARSE_TAU1]
@@ -235,7 +244,7 @@ def search(pipe: Any, prompts: list[str] | tuple[str, ...], *, num_inference_ste
     bar = tqdm(total=len(prompts) * len(seeds) * (1 + per_budget * len(budgets)), desc="calibrating H2-Cache",
                unit="run", disable=not progress)
     try:
-        scorer = _Scorer(pipe, prompts, tuple(int(s) for s in seeds), base, args, bar)
+        scorer = PointScorer(pipe, prompts, tuple(int(s) for s in seeds), base, args, bar)
         for kind, value in budgets:
             if kind == "blocks":
                 _search(scorer, lambda p, v=value: p.blocks_share <= v)

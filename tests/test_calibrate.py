@@ -76,3 +76,18 @@ def test_an_unreachable_budget_returns_the_closest_point_and_says_so(budget):
 def test_bad_budgets_are_refused_by_name(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         calibrate(pipe, PROMPTS, num_inference_steps=4, progress=False, **kwargs, **CALL)
+
+
+def test_the_held_out_check_reproduces_the_search_on_its_own_prompts_and_compares_with_the_grid(budget, pipe, capsys):
+    from h2cache.bench.calibration_check import check, print_table
+
+    cal, store = budget
+    rows = check(pipe, 8, [0.6, 0.01], PROMPTS, [0], with_grid=True, progress=False, store=store, **CALL)
+    row, unreachable = rows
+    # Same prompts and seeds as the calibration: the same share and PSNR, to the bit.
+    assert row["held_out_share"] == cal.blocks_share and row["median_psnr"] == statistics.median(cal.psnr)
+    # The search's choice is at least as good as the grid's best at no more blocks (the grid is part of the search).
+    assert row["grid_best_psnr"] <= row["median_psnr"]
+    assert unreachable["held_out_share"] > 0.01
+    print_table(rows)
+    assert "| 8 | 60% |" in capsys.readouterr().out
