@@ -221,8 +221,13 @@ def calibrate(pipe: Any, prompts: list[str] | tuple[str, ...], *, num_inference_
     result = _result(points, target_blocks, min_psnr, floor, base_config or H2CacheConfig())
     result.cost_baseline_runs = cost
     result.num_inference_steps = int(num_inference_steps)
-    result.height, result.width = int(args.get("height", 0) or 0), int(args.get("width", 0) or 0)
+    result.height, result.width = _size(args)
     return result
+
+
+def _size(call_args: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of pipeline call arguments; 0 where the pipeline's own default applies."""
+    return int(call_args.get("height", 0) or 0), int(call_args.get("width", 0) or 0)
 
 
 def search(pipe: Any, prompts: list[str] | tuple[str, ...], *, num_inference_steps: int,
@@ -254,8 +259,7 @@ def search(pipe: Any, prompts: list[str] | tuple[str, ...], *, num_inference_ste
         bar.close()
     points = list(scorer.points.values())
     if store is not None:
-        store.save(pipe, int(num_inference_steps), int(args.get("height", 0) or 0), int(args.get("width", 0) or 0),
-                   points, prompts, tuple(seeds), base)
+        store.save(pipe, int(num_inference_steps), *_size(args), points, prompts, tuple(seeds), base)
     return points, scorer.cost, args
 
 
@@ -300,8 +304,17 @@ def stored_calibration(pipe: Any, num_inference_steps: int, height: int, width: 
                        target_blocks: float | None = None, min_psnr: float | None = None, floor: str = "median",
                        store: SearchStore | None = None) -> Calibration | None:
     """Answer a budget from a stored search for exactly this model, size and step count; None if none is stored."""
+    searches = (store or SearchStore()).searches(pipe)
+    return calibration_from_searches(searches, num_inference_steps, height, width, target_blocks=target_blocks,
+                                     min_psnr=min_psnr, floor=floor)
+
+
+def calibration_from_searches(searches: dict[str, Any], num_inference_steps: int, height: int, width: int, *,
+                              target_blocks: float | None = None, min_psnr: float | None = None,
+                              floor: str = "median") -> Calibration | None:
+    """:func:`stored_calibration` on searches already read (:meth:`SearchStore.searches`); None if none fits."""
     _check_budget(target_blocks, min_psnr, floor)
-    found = (store or SearchStore()).searches(pipe).get(SearchStore.key(num_inference_steps, height, width))
+    found = searches.get(SearchStore.key(num_inference_steps, height, width))
     if not found:
         return None
     points = [SearchPoint(**p) for p in found["points"]]

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +60,9 @@ MODEL_TABLE: dict[str, ModelLayout] = {
 }
 
 
+@functools.cache  # once per process: resolve_stages runs per app request
 def _register_missing_block_metadata() -> None:
-    """Tell diffusers' block registry what it lacks for the table's models (idempotent).
+    """Tell diffusers' block registry what it lacks for the table's models.
 
     Chroma's blocks are not registered; HiDream's lists hold ``HiDreamBlock`` wrappers, which are not
     either (the wrapper returns (image, text) around a double-stream block and the image stream alone

@@ -11,7 +11,7 @@ import h2cache.pipelines
 from h2cache import H2CacheConfig
 from h2cache.calibrate import SearchPoint, SearchStore
 from h2cache.methods.calibration import CalibrationStore
-from ui.callbacks import make_apply_target, report_target
+from ui.callbacks import make_apply_target
 from ui.models import ModelRegistry
 from ui.settings import load_settings
 from ui.target_mode import MANUAL_TEXT, MODES, calibrated_thresholds, target_report
@@ -72,6 +72,6 @@ def test_the_report_sets_the_achieved_share_against_the_target():
     assert target_report(MODES[1], 0.5, {"blocks_share": 0.532}) == (
         "This comparison ran 53.2% of the blocks against a 50% target: 3.2 points over it (prompts and seeds "
         "differ from the calibration's, so the share moves).")
-    assert "points under it" in report_target(MODES[1], 0.5, {"blocks_share": 0.45})
-    assert report_target(MODES[0], 0.5, {"blocks_share": 0.45}) == MANUAL_TEXT
-    assert report_target(MODES[1], 0.5, None) == "Run a comparison to see the achieved share."
+    assert "points under it" in target_report(MODES[1], 0.5, {"blocks_share": 0.45})
+    assert target_report(MODES[0], 0.5, {"blocks_share": 0.45}) == MANUAL_TEXT
+    assert target_report(MODES[1], 0.5, None) == "Run a comparison to see the achieved share."

@@ -27,7 +27,7 @@ from .plots.compute_map import compute_map_figure
 from .plots.distances import distance_figure
 from .scrubber import pfs_view, scrubber_slider, scrubber_state, step_view
 from .settings import AppSettings
-from .target_mode import MANUAL_TEXT, MODES, calibrated_thresholds, target_report
+from .target_mode import MANUAL_TEXT, MODES, calibrated_thresholds
 from .trace_view import computed_mask, guard_forced, shown_context
 from .validation import ComparisonRequest, validate_request
 
@@ -210,8 +210,3 @@ def make_apply_target(registry: ModelRegistry) -> Callable[..., tuple[Any, Any, 
         return gr.Slider(value=choice.tau1), gr.Slider(value=choice.tau2), choice.text
 
     return apply_target
-
-
-def report_target(mode: str, budget: float, details: Any) -> str:
-    """After a comparison: the achieved share of blocks against the target (target mode only)."""
-    return target_report(mode, budget, details)

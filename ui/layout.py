@@ -10,11 +10,10 @@ from h2cache import H2CacheConfig
 from h2cache.pipelines import EMBEDDED
 
 from .about import about_markdown
-from .callbacks import (OUTPUT_FIELDS, SCRUB_OUTPUTS, make_apply_target, make_generate, make_model_change,
-                        report_target, show_step)
+from .callbacks import OUTPUT_FIELDS, SCRUB_OUTPUTS, make_apply_target, make_generate, make_model_change, show_step
 from .metrics_table import HEADERS
 from .pfs_panel import EMPTY_TABLE
-from .target_mode import MANUAL_TEXT, MODES
+from .target_mode import MANUAL_TEXT, MODES, target_report
 from .models import ModelRegistry
 from .settings import AppSettings
 from .validation import make_validator
@@ -171,6 +170,6 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                      api_visibility="private", queue=False).then(**target, api_name="apply_target_for_model")
         gr.on(triggers=[mode.change, budget.release, steps.release, width.release, height.release], **target,
               api_name="apply_target")
-        generated.success(report_target, inputs=[mode, budget, c["details"]], outputs=[target_info],
-                          api_visibility="private", queue=False)
+        generated.success(target_report, inputs=[mode, budget, c["details"]], outputs=[target_info],
+                          api_name="report_target", api_visibility="private", queue=False)
     return demo

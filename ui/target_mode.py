@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from h2cache.calibrate import SearchStore, stored_calibration
+from h2cache.calibrate import SearchStore, calibration_from_searches
 
 MODES = ("manual", "target compute")
 MANUAL_TEXT = "Thresholds are set by hand. Choose *target compute* to set them from a stored calibration."
@@ -42,14 +42,14 @@ def calibrated_thresholds(pipe: Any, steps: Any, width: Any, height: Any, budget
         return TargetChoice(None, None, "The compute budget must be a share of blocks from 0.05 to 1.")
     if None in (steps_n, width_n, height_n):
         return TargetChoice(None, None, "Set the steps and the size first.")
-    store = store or SearchStore()
+    searches = (store or SearchStore()).searches(pipe)  # read once: this runs on every slider release
     sizes = f"{int(width_n)}x{int(height_n)}/"
-    stored_steps = sorted(int(k.split("/")[1]) for k in store.searches(pipe) if k.startswith(sizes))
+    stored_steps = sorted(int(k.split("/")[1]) for k in searches if k.startswith(sizes))
     if not stored_steps:
         return TargetChoice(None, None, f"No calibration is stored for this model at {int(width_n)}x{int(height_n)}; "
                                         "run `python -m h2cache.calibrate` for it. The thresholds are unchanged.")
     used = min(stored_steps, key=lambda s: (abs(s - steps_n), s))
-    cal = stored_calibration(pipe, used, int(height_n), int(width_n), target_blocks=share, store=store)
+    cal = calibration_from_searches(searches, used, int(height_n), int(width_n), target_blocks=share)
     where = f"{int(width_n)}x{int(height_n)}, {used} steps"
     if used != int(steps_n):
         where += f" (nearest to the {int(steps_n)} requested; stored: {', '.join(map(str, stored_steps))})"
