@@ -6,7 +6,9 @@ each calibration prompt once without the cache, then searches the two thresholds
 towards the budget's boundary on each line. Every point is scored on all prompts and seeds: the share of
 block executions run and each image's PSNR/SSIM against its uncached baseline.
 
-- ``target_blocks=x``: the best median PSNR among points that run at most ``x`` of the blocks.
+- ``target_blocks=x``: the best median PSNR among points that run from ``x - 0.05`` to ``x`` of the blocks
+  (``share_tolerance``; any point under ``x`` if the search found none in that window; see
+  :mod:`h2cache.budget_search` for why a budget is a window and not just a ceiling).
 - ``min_psnr=y``: the fewest blocks run among points whose PSNR stays at or above ``y`` dB, for the median
   prompt (``floor="median"``) or every prompt (``floor="worst"``).
 
@@ -36,6 +38,7 @@ from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
+from .budget_search import SHARE_TOLERANCE, pick_for_share, sweep_line
 from .compare import generate
 from .config import H2CacheConfig
 from .hooks import apply_h2_cache
@@ -97,19 +100,18 @@ class Calibration:
 
 
 def choose(points: Iterable[SearchPoint], *, target_blocks: float | None = None, min_psnr: float | None = None,
-           floor: str = "median") -> tuple[SearchPoint, bool]:
+           floor: str = "median", share_tolerance: float = SHARE_TOLERANCE) -> tuple[SearchPoint, bool]:
     """The point a budget picks, and whether it meets the budget (else the closest one)."""
     candidates = [EXACT, *points]
     if target_blocks is not None:
-        within = [p for p in candidates if p.blocks_share <= target_blocks + 1e-9]
-        if within:
-            return max(within, key=lambda p: (p.floor_psnr("median"), -p.blocks_share)), True
-        return min(candidates, key=lambda p: p.blocks_share), False
+        return pick_for_share(candidates, target_blocks, share=lambda p: p.blocks_share,
+                              quality=lambda p: p.floor_psnr("median"), tolerance=share_tolerance)
     floor_ok = [p for p in candidates if p.floor_psnr(floor) >= min_psnr]
     return min(floor_ok, key=lambda p: (p.blocks_share, -p.floor_psnr(floor))), True
 
 
-def _check_budget(target_blocks: float | None, min_psnr: float | None, floor: str) -> None:
+def _check_budget(target_blocks: float | None, min_psnr: float | None, floor: str,
+                  share_tolerance: float = SHARE_TOLERANCE) -> None:
     if (target_blocks is None) == (min_psnr is None):
         raise ValueError("give exactly one of target_blocks (share of blocks to run, 0 < x <= 1) and min_psnr (dB)")
     if target_blocks is not None and not (isinstance(target_blocks, (int, float)) and 0 < target_blocks <= 1):
@@ -118,6 +120,8 @@ def _check_budget(target_blocks: float | None, min_psnr: float | None, floor: st
         raise ValueError(f"min_psnr must be a positive number of dB, got {min_psnr!r}")
     if floor not in FLOORS:
         raise ValueError(f"floor must be one of {FLOORS}, got {floor!r}")
+    if not (isinstance(share_tolerance, (int, float)) and 0 <= share_tolerance <= 1):
+        raise ValueError(f"share_tolerance must be a share of blocks from 0 to 1, got {share_tolerance!r}")
 
 
 class PointScorer:
@@ -176,23 +180,13 @@ def grid() -> list[tuple[float, float]]:
 def _search(scorer: PointScorer, feasible) -> None:
     """Coarse sweep of each ratio line, then bisection towards the feasibility boundary on each line."""
     for ratio in RATIOS:
-        line = [scorer.score(t, t * ratio) for t in COARSE_TAU1]
-        # Larger thresholds reuse more: the boundary lies between the last feasible tau1 and the next one.
-        for low, high in zip(line, line[1:]):
-            if feasible(low) != feasible(high):
-                lo_t, hi_t = low.tau1, high.tau1
-                for _ in range(BISECTIONS):
-                    mid = (lo_t + hi_t) / 2
-                    if feasible(scorer.score(mid, mid * ratio)) == feasible(low):
-                        lo_t = mid
-                    else:
-                        hi_t = mid
+        sweep_line(lambda t, r=ratio: scorer.score(t, t * r), COARSE_TAU1, [feasible], BISECTIONS)
 
 
 def calibrate(pipe: Any, prompts: list[str] | tuple[str, ...], *, num_inference_steps: int,
               target_blocks: float | None = None, min_psnr: float | None = None, seeds: tuple[int, ...] = (0,),
               floor: str = "median", base_config: H2CacheConfig | None = None, store: SearchStore | None = None,
-              progress: bool = True, **call_kwargs: Any) -> Calibration:
+              share_tolerance: float = SHARE_TOLERANCE, progress: bool = True, **call_kwargs: Any) -> Calibration:
     """Search (tau1, tau2) for `pipe` at `num_inference_steps`: exactly one of a compute budget or a PSNR floor.
 
     Args:
@@ -205,6 +199,7 @@ def calibrate(pipe: Any, prompts: list[str] | tuple[str, ...], *, num_inference_
         floor: ``"median"`` or ``"worst"``: which prompt the PSNR floor holds for.
         base_config: pool sizes and options to keep (thresholds are searched); ``H2CacheConfig()`` by default.
         store: where to save the search (every point) for :func:`stored_calibration`; not saved if None.
+        share_tolerance: with `target_blocks`, the window under the target the choice is made in first.
         progress: show a progress bar over pipeline runs.
         **call_kwargs: passed to the pipeline (e.g. ``height``, ``width``); the model's defaults otherwise.
 
@@ -214,11 +209,11 @@ def calibrate(pipe: Any, prompts: list[str] | tuple[str, ...], *, num_inference_
     Raises:
         ValueError: not exactly one of `target_blocks` and `min_psnr`, values out of range, no prompts.
     """
-    _check_budget(target_blocks, min_psnr, floor)
+    _check_budget(target_blocks, min_psnr, floor, share_tolerance)
     budget = (("blocks", target_blocks) if target_blocks is not None else (floor, min_psnr),)
     points, cost, args = search(pipe, prompts, num_inference_steps=num_inference_steps, budgets=budget,
                                 seeds=seeds, base_config=base_config, store=store, progress=progress, **call_kwargs)
-    result = _result(points, target_blocks, min_psnr, floor, base_config or H2CacheConfig())
+    result = _result(points, target_blocks, min_psnr, floor, base_config or H2CacheConfig(), share_tolerance)
     result.cost_baseline_runs = cost
     result.num_inference_steps = int(num_inference_steps)
     result.height, result.width = _size(args)
@@ -264,8 +259,9 @@ def search(pipe: Any, prompts: list[str] | tuple[str, ...], *, num_inference_ste
 
 
 def _result(points: list[SearchPoint], target_blocks: float | None, min_psnr: float | None, floor: str,
-            base: H2CacheConfig) -> Calibration:
-    chosen, met = choose(points, target_blocks=target_blocks, min_psnr=min_psnr, floor=floor)
+            base: H2CacheConfig, share_tolerance: float = SHARE_TOLERANCE) -> Calibration:
+    chosen, met = choose(points, target_blocks=target_blocks, min_psnr=min_psnr, floor=floor,
+                         share_tolerance=share_tolerance)
     config = H2CacheConfig(**{**asdict(base), "tau1": chosen.tau1, "tau2": chosen.tau2})
     return Calibration(config=config, blocks_share=chosen.blocks_share, psnr=chosen.psnr, ssim=chosen.ssim,
                        points=points, met=met, target_blocks=target_blocks, min_psnr=min_psnr, floor=floor)
@@ -302,24 +298,26 @@ class SearchStore:
 
 def stored_calibration(pipe: Any, num_inference_steps: int, height: int, width: int, *,
                        target_blocks: float | None = None, min_psnr: float | None = None, floor: str = "median",
-                       store: SearchStore | None = None) -> Calibration | None:
+                       store: SearchStore | None = None,
+                       share_tolerance: float = SHARE_TOLERANCE) -> Calibration | None:
     """Answer a budget from a stored search for exactly this model, size and step count; None if none is stored."""
     searches = (store or SearchStore()).searches(pipe)
     return calibration_from_searches(searches, num_inference_steps, height, width, target_blocks=target_blocks,
-                                     min_psnr=min_psnr, floor=floor)
+                                     min_psnr=min_psnr, floor=floor, share_tolerance=share_tolerance)
 
 
 def calibration_from_searches(searches: dict[str, Any], num_inference_steps: int, height: int, width: int, *,
                               target_blocks: float | None = None, min_psnr: float | None = None,
-                              floor: str = "median") -> Calibration | None:
+                              floor: str = "median",
+                              share_tolerance: float = SHARE_TOLERANCE) -> Calibration | None:
     """:func:`stored_calibration` on searches already read (:meth:`SearchStore.searches`); None if none fits."""
-    _check_budget(target_blocks, min_psnr, floor)
+    _check_budget(target_blocks, min_psnr, floor, share_tolerance)
     found = searches.get(SearchStore.key(num_inference_steps, height, width))
     if not found:
         return None
     points = [SearchPoint(**p) for p in found["points"]]
     base = H2CacheConfig(pool_size_stage1=found["pool_size_stage1"], pool_size_stage2=found["pool_size_stage2"])
-    result = _result(points, target_blocks, min_psnr, floor, base)
+    result = _result(points, target_blocks, min_psnr, floor, base, share_tolerance)
     result.num_inference_steps, result.height, result.width = int(num_inference_steps), int(height), int(width)
     result.source = "stored"
     return result

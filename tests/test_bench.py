@@ -194,8 +194,12 @@ def test_auto_grid_gives_every_method_one_point_per_target(tiny_model_dir, promp
         found = chosen["methods"][method]
         assert [p["target"] for p in found["targets"]] == list(targets)
         assert {"tau1": 0.15, "tau2": 0.22} in chosen["grids"][method]  # the default is always on the curve
-        curve = found["curve"]
-        assert curve[0][1] == 1.0 and [v for v, _ in curve] == sorted(v for v, _ in curve)
+        curve = found["curve"]  # every point scored on the calibration prompt, by line and value
+        assert curve[0]["share"] == 1.0 and curve[0]["median_psnr"] > 30
+        assert {c["line"] for c in curve} == {0, 1, 2}
+        assert [(c["line"], c["value"]) for c in curve] == sorted((c["line"], c["value"]) for c in curve)
+        for point in found["targets"]:  # the one rule: in the window under the target, or flagged
+            assert point["off_target"] or point["target"] - 0.05 - 1e-9 <= point["share"] <= point["target"]
     rules = results["meta"]["grid_rule"]
     assert rules["fbcache"].startswith("explicit") and rules["h2cache"].startswith("auto")
     labels = results["meta"]["variants"]["5"]

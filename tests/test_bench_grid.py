@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from h2cache.bench.autogrid import OFF_TARGET, knob_for, select_grids
+from h2cache.bench.autogrid import OFF_TARGET, Score, knob_for, select_grids
+from h2cache.calibrate import RATIOS
 from h2cache.bench.spec import expand_variants
 from h2cache.methods import METHODS, get_method
 
@@ -14,14 +15,18 @@ GUARDED = {"h2cache-guarded", "h2cache-guarded-one-probe", "fbcache-guarded", "t
 
 def fake_measure(calls):
     """Share of FLOPs run falling with the knob; guarded methods level off at 42% (their guards cap reuse),
-    TaylorSeer at 70% (it still runs every MLP)."""
+    TaylorSeer at 70% (it still runs every MLP). PSNR rises with the share; on H2-Cache's lines it is best
+    where tau2 is largest relative to tau1, so the search has a line to prefer."""
     def measure(method, settings):
         calls.append((method, dict(settings)))
         if method == "taylorseer":
-            return 0.7 + 0.3 / settings["cache_interval"]
+            share = 0.7 + 0.3 / settings["cache_interval"]
+            return Score(share, (20 + 30 * share,))
         value = settings.get("threshold", settings.get("tau1"))
         floor = 0.42 if method in GUARDED else 0.05
-        return max(floor, 1.0 / (1.0 + 8.0 * value))
+        share = max(floor, 1.0 / (1.0 + 8.0 * value))
+        bonus = settings["tau2"] / settings["tau1"] if "tau2" in settings else 0.0
+        return Score(share, (20 + 30 * share + bonus, 20 + 30 * share + bonus - 2))
     return measure
 
 
@@ -50,13 +55,28 @@ def test_every_method_and_variant_gets_the_same_number_of_points_per_target(chos
     assert {"h2cache-one-probe", "h2cache-guarded-one-probe", "fbcache-guarded", "teacache-guarded"} <= scanned
 
 
-def test_h2cache_moves_both_thresholds_along_the_published_ray(chosen):
-    grids, record, _ = chosen
-    for point in grids["h2cache"]:
-        assert point["tau2"] == pytest.approx(point["tau1"] * 0.22 / 0.15, rel=5e-3)
-    assert {"tau1": 0.15, "tau2": 0.22} in grids["h2cache"]
+def test_h2cache_points_come_from_calibrates_search_lines(chosen):
+    grids, record, calls = chosen
+    searched = [s for m, s in calls if m == "h2cache"]
+    assert {round(s["tau2"] / s["tau1"], 2) for s in searched} == set(RATIOS)  # every line searched
+    for point in record["h2cache"]["targets"]:
+        # the measure favours the widest ratio at equal share: the pick is made on quality, not share alone
+        assert point["settings"]["tau2"] == pytest.approx(point["settings"]["tau1"] * RATIOS[-1], rel=5e-3)
+    assert {"tau1": 0.15, "tau2": 0.22} in grids["h2cache"]  # the published default, as one more point
     variants = expand_variants(["h2cache"], {"h2cache": grids["h2cache"]})
     assert len(variants) == len(grids["h2cache"])  # points, not a tau1 x tau2 product
+
+
+def test_each_reachable_point_is_the_best_psnr_within_five_points_under_its_target(chosen):
+    _, record, _ = chosen
+    for method, found in record.items():
+        for point in found["targets"]:
+            if point["off_target"]:
+                continue
+            target = point["target"]
+            assert target - OFF_TARGET - 1e-9 <= point["share"] <= target + 1e-9, (method, point)
+            window = [c for c in found["curve"] if target - OFF_TARGET - 1e-9 <= c["share"] <= target + 1e-9]
+            assert point["median_psnr"] == max(c["median_psnr"] for c in window), (method, target)
 
 
 def test_unreachable_targets_get_the_saturation_point_and_are_flagged(chosen):
@@ -65,8 +85,8 @@ def test_unreachable_targets_get_the_saturation_point_and_are_flagged(chosen):
     low = next(p for p in guarded["targets"] if p["target"] == 0.3)
     assert low["off_target"] and low["share"] == pytest.approx(0.42)
     # the scan stopped on the plateau, and the point chosen is where the plateau starts, not a looser value
-    assert guarded["saturated_at"] == low["value"]
-    assert max(v for v, _ in guarded["curve"]) > low["value"]
+    assert guarded["saturated_at"] == [low["value"]]
+    assert max(c["value"] for c in guarded["curve"]) > low["value"]
     reachable = record["fbcache"]
     assert not any(p["off_target"] for p in reachable["targets"])
     assert all(abs(p["share"] - p["target"]) <= OFF_TARGET for p in reachable["targets"])

@@ -3,44 +3,69 @@
 Thresholds mean different things to different methods (a relative L1 distance, an accumulated rescaled
 change, an accumulated magnitude error), so equal threshold values say nothing about equal compute. Instead,
 for each target share of block FLOPs run (e.g. 0.85, 0.65, 0.45, 0.3), *every* method and variant gets
-exactly one point: the value of its knob whose share, on the calibration prompts (the same ones for every
-method, never the benchmark prompts), comes closest. The method's default is added as one more point, so its
-out-of-the-box behaviour is on the curve too.
+exactly one point, found by the same search on the same calibration prompts (never the benchmark prompts):
+
+1. a coarse sweep of the method's knob along each of its lines, then bisection between the two coarse
+   values that straddle each target (:func:`h2cache.budget_search.sweep_line`), every point scored for its
+   share of FLOPs and its PSNR against the uncached image of each calibration prompt;
+2. per target, the best median PSNR among the points that run from ``target - 0.05`` up to the target
+   (:func:`h2cache.budget_search.pick_for_share`, the rule of :func:`h2cache.calibrate`).
+
+The method's default is added as one more point, so its out-of-the-box behaviour is on the curve too.
 
 Knobs (:func:`knob_for`, from the method's declared settings, so a new method cannot be skipped silently):
 
-* ``tau1`` and ``tau2`` (every H2-Cache variant): both move together along the ray through the published
-  default, ``tau2 = tau1 x 0.22 / 0.15``. One number sets both, so H2-Cache gets as many points per target as
-  its peers (a product of two scans gave it 25 points to the peers' 5, several of them degenerate).
-* ``threshold`` (FirstBlockCache, TeaCache, MagCache and their variants).
-* ``cache_interval`` (TaylorSeer).
+* ``tau1`` and ``tau2`` (every H2-Cache variant): :func:`h2cache.calibrate`'s search, the lines
+  ``tau2 = r * tau1`` for r in :data:`h2cache.calibrate.RATIOS` over its coarse tau1 values. Each target still
+  gets one point, so H2-Cache has as many points as its peers (a product of two scans once gave it 25 to
+  the peers' 5, several of them degenerate).
+* ``threshold`` (FirstBlockCache, TeaCache, MagCache and their variants): the analogous one-threshold search.
+* ``cache_interval`` (TaylorSeer): whole numbers, scanned without bisection.
 
 Every other setting (guards, pool sizes, MagCache's K) stays at its default.
 
-Two rules keep degenerate thresholds out of the grid. The scan stops once the share stops falling at the
-bottom of its range (the method reuses all it can), and ties go to the smaller value, so a value past that
-point is never chosen. A target the method cannot reach within :data:`OFF_TARGET` still gets the method's
-closest point (every method keeps one point per target), marked ``off_target`` in ``auto_grid.json``.
-Points whose quality collapses are caught after the run (:func:`h2cache.bench.verdicts.flag_degenerate`).
+Two rules keep degenerate thresholds out of the grid. The sweep stops once the share stops falling at the
+bottom of its range (the method reuses all it can), and a target the method cannot reach gets its cheapest
+point with the smallest value, never a looser one; such a point is marked ``off_target`` in
+``auto_grid.json`` when it lands more than :data:`OFF_TARGET` from the target. Points whose quality collapses
+are caught after the run (:func:`h2cache.bench.verdicts.flag_degenerate`).
 
 Example:
-    >>> pick([(0.1, 1.0), (0.2, 0.8), (0.4, 0.5), (0.8, 0.31)], targets=(0.9, 0.5, 0.3))
-    [0.1, 0.4, 0.8]
     >>> knob = knob_for(get_method("h2cache"))
-    >>> knob.keys, knob.settings(0.15)
-    (('tau1', 'tau2'), {'tau1': 0.15, 'tau2': 0.22})
+    >>> knob.keys, knob.lines, knob.settings(0.1, line=2)
+    (('tau1', 'tau2'), ((1.0, 1.0), (1.0, 1.5), (1.0, 2.25)), {'tau1': 0.1, 'tau2': 0.225})
+    >>> knob_for(get_method("fbcache")).lines
+    ((1.0,),)
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..budget_search import pick_for_share, sweep_line
+from ..calibrate import BISECTIONS, COARSE_TAU1, PSNR_CAP, RATIOS
 from ..compare import generate
 from ..methods import CalibrationStore, FlopTable, Method, apply_method, get_method
+from ..metrics import psnr
 
 OFF_TARGET = 0.05  # |share - target| beyond this: the method cannot reach the target
-Measure = Callable[[str, dict[str, Any]], float]  # (method, settings) -> mean share on the calibration prompts
+
+
+@dataclass(frozen=True)
+class Score:
+    """A method's settings scored on the calibration prompts: mean share of FLOPs run, PSNR per prompt."""
+
+    share: float
+    psnr: tuple[float, ...]
+
+    @property
+    def median_psnr(self) -> float:
+        return statistics.median(self.psnr)
+
+
+Measure = Callable[[str, dict[str, Any]], Score]  # (method, settings) -> its score on the calibration prompts
 
 
 def scan_values(low: float = 0.01, high: float = 4.0, count: int = 20) -> list[float]:
@@ -54,105 +79,120 @@ INTERVALS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
 
 @dataclass(frozen=True)
 class Knob:
-    """What a method's grid is scanned along: ``keys[i] = value x ratios[i]``, over ``values`` (cheaper last)."""
+    """What a method's grid is searched along: on line ``i``, ``keys[k] = value x lines[i][k]``, over ``values``
+    (cheaper last)."""
 
     keys: tuple[str, ...]
-    ratios: tuple[float, ...]
+    lines: tuple[tuple[float, ...], ...]
     values: tuple[float, ...]
 
-    def settings(self, value: float) -> dict[str, Any]:
-        return {key: value if ratio == 1 else float(f"{value * ratio:.3g}") for key, ratio in zip(self.keys, self.ratios)}
+    def settings(self, value: float, line: int = 0) -> dict[str, Any]:
+        # Rounded as h2cache.calibrate rounds its points, so both name a bisected point alike.
+        return {key: value if isinstance(value, int) else round(value * ratio, 6)
+                for key, ratio in zip(self.keys, self.lines[line])}
 
 
 def knob_for(method: Method) -> Knob | None:
     """The knob of a registered method; ``None`` for the uncached baseline."""
     names = {s.name for s in method.settings}
     if {"tau1", "tau2"} <= names:
-        tau1, tau2 = method.setting("tau1").default, method.setting("tau2").default
-        return Knob(("tau1", "tau2"), (1.0, tau2 / tau1), tuple(scan_values()))
+        return Knob(("tau1", "tau2"), tuple((1.0, r) for r in RATIOS), COARSE_TAU1)
     if "threshold" in names:
-        return Knob(("threshold",), (1.0,), tuple(scan_values()))
+        return Knob(("threshold",), ((1.0,),), tuple(scan_values()))
     if "cache_interval" in names:
-        return Knob(("cache_interval",), (1,), INTERVALS)
+        return Knob(("cache_interval",), ((1,),), INTERVALS)
     return None
 
 
-def closest(curve: list[tuple[float, float]], target: float) -> tuple[float, float]:
-    """The (value, share) whose share is closest to `target`; the smaller value on ties."""
-    return min(curve, key=lambda vs: (abs(vs[1] - target), vs[0]))
-
-
-def pick(curve: list[tuple[float, float]], targets: tuple[float, ...]) -> list[float]:
-    """The values chosen for `targets`, each once, sorted."""
-    return sorted({closest(curve, target)[0] for target in targets})
-
-
-def share_curve(measure: Measure, method: str, knob: Knob, floor: float,
-                plateau_below: float) -> tuple[list[tuple[float, float]], float | None]:
-    """(value, share) for increasing values, and the value from which the share stopped falling (or ``None``).
+def coarse_sweep(score: Callable[[float], Score], values: tuple[float, ...], floor: float,
+                 plateau_below: float) -> tuple[list[float], float | None]:
+    """The values swept (increasing), and the value from which the share stopped falling (or ``None``).
 
     Stops below `floor`, or on a plateau below `plateau_below`: the method at its least compute (e.g. MagCache
     capped by max_skip_steps, a guarded method capped by its guards). Plateaus higher up, like MagCache's
-    retained steps at small thresholds, are scanned through.
+    retained steps at small thresholds, are swept through.
     """
-    curve: list[tuple[float, float]] = []
-    for value in knob.values:
-        curve.append((value, measure(method, knob.settings(value))))
-        last = [share for _, share in curve[-5:]]
-        if curve[-1][1] < floor:
-            return curve, None
+    swept: list[float] = []
+    for value in values:
+        swept.append(value)
+        last = [score(v).share for v in swept[-5:]]
+        if last[-1] < floor:
+            return swept, None
         if len(last) == 5 and last[-1] < plateau_below and max(last) - min(last) < 1e-9:
-            return curve, curve[-5][0]
-    return curve, None
+            return swept, swept[-5]
+    return swept, None
 
 
-def choose_points(curve: list[tuple[float, float]], targets: tuple[float, ...]) -> list[dict[str, Any]]:
-    """One point per target: ``{target, value, share, off_target}``."""
+def search_method(measure: Measure, name: str, knob: Knob, targets: tuple[float, ...]) -> dict[str, Any]:
+    """Every point scored for one method, and the point each target picks (see the module docstring)."""
+    scored: dict[tuple, tuple[int, float, Score]] = {}  # settings -> (line, value, score)
+    floor, plateau_below = min(targets) - 0.1, min(targets) + 0.2
+    saturated_at: list[float | None] = []
+    for line in range(len(knob.lines)):
+        def score(value: float, line: int = line) -> Score:
+            settings = knob.settings(value, line)
+            key = tuple(settings.items())
+            if key not in scored:
+                scored[key] = (line, value, measure(name, settings))
+            return scored[key][2]
+
+        swept, saturated = coarse_sweep(score, knob.values, floor, plateau_below)
+        saturated_at.append(saturated)
+        feasibles = [lambda p, t=t: p.share <= t for t in targets]
+        sweep_line(score, swept, feasibles, BISECTIONS)
+    # Cheapest-point ties go to the line's smallest value: never a looser threshold than the plateau needs.
+    ordered = sorted(scored.items(), key=lambda kv: (kv[1][0], kv[1][1]))
     points = []
     for target in targets:
-        value, share = closest(curve, target)
-        points.append({"target": target, "value": value, "share": share,
-                       "off_target": abs(share - target) > OFF_TARGET})
-    return points
+        (settings, (line, value, found)), met = pick_for_share(
+            ordered, target, share=lambda kv: kv[1][2].share, quality=lambda kv: kv[1][2].median_psnr)
+        points.append({"target": target, "settings": dict(settings), "line": line, "value": value,
+                       "share": found.share, "median_psnr": found.median_psnr, "met": met,
+                       "off_target": abs(found.share - target) > OFF_TARGET})
+    curve = [{"settings": dict(key), "line": line, "value": value, "share": sc.share, "median_psnr": sc.median_psnr}
+             for key, (line, value, sc) in ordered]
+    return {"knob": list(knob.keys), "lines": [list(r) for r in knob.lines], "curve": curve, "targets": points,
+            "saturated_at": saturated_at}
 
 
 def select_grids(methods: tuple[str, ...], explicit: dict[str, Any], targets: tuple[float, ...], measure: Measure,
                  log: Callable[[str], None] = print) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-    """Grids (lists of settings) for every method in `methods` without an explicit grid, and what the scans
-    found per method: the curve, the point chosen per target, the default, where the share saturated."""
+    """Grids (lists of settings) for every method in `methods` without an explicit grid, and what the searches
+    found per method: every point scored, the point chosen per target, the default, where the share saturated."""
     grids: dict[str, list[dict[str, Any]]] = {}
     record: dict[str, Any] = {}
-    floor = min(targets) - 0.1
     for name in methods:
         method = get_method(name)
         knob = knob_for(method)
         if knob is None or name in explicit:
             continue
-        log(f"auto grid: scanning {name} along {'/'.join(knob.keys)}")
-        curve, saturated_at = share_curve(measure, name, knob, floor, plateau_below=min(targets) + 0.2)
-        points = choose_points(curve, targets)
+        log(f"auto grid: searching {name} along {'/'.join(knob.keys)}")
+        found = search_method(measure, name, knob, targets)
         default = {key: method.setting(key).default for key in knob.keys}
-        chosen = [knob.settings(p["value"]) for p in points] + [default]
+        chosen = [p["settings"] for p in found["targets"]] + [default]
         grids[name] = [dict(s) for s in dict.fromkeys(tuple(s.items()) for s in chosen)]
-        record[name] = {"knob": list(knob.keys), "ratios": list(knob.ratios), "curve": curve,
-                        "targets": [{**p, "settings": knob.settings(p["value"])} for p in points],
-                        "default": default, "saturated_at": saturated_at}
+        record[name] = {**found, "default": default}
     return grids, record
 
 
 def pipeline_measure(pipe: Any, prompts: list[str], call_args: dict[str, Any], store: CalibrationStore,
                      flops: FlopTable | None) -> Measure:
-    """Mean share of block FLOPs run (of blocks where the FLOP table does not apply) over `prompts`, seed 0."""
+    """Mean share of block FLOPs run (of blocks where the FLOP table does not apply) over `prompts`, seed 0,
+    and each prompt's PSNR against its uncached image (computed once, on first use)."""
     steps = int(call_args["num_inference_steps"])
+    baselines: dict[str, Any] = {}
 
-    def measure(method: str, settings: dict[str, Any]) -> float:
-        shares = []
+    def measure(method: str, settings: dict[str, Any]) -> Score:
+        if not baselines:
+            baselines.update({p: generate(pipe, p, seed=0, previews=False, **call_args).image for p in prompts})
+        shares, psnrs = [], []
         for prompt in prompts:
             with apply_method(pipe, method, num_inference_steps=steps, calibration=store, flops=flops,
                               **settings) as handle:
-                generate(pipe, prompt, seed=0, previews=False, **call_args)
+                image = generate(pipe, prompt, seed=0, previews=False, **call_args).image
                 share = handle.trace.flops_share()
                 shares.append(handle.trace.blocks_share() if share is None else share)
-        return sum(shares) / len(shares)
+            psnrs.append(min(psnr(baselines[prompt], image), PSNR_CAP))
+        return Score(sum(shares) / len(shares), tuple(psnrs))
 
     return measure

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace a method's default grid (repeatable); values are range-checked")
     parser.add_argument("--auto-grid", type=float, nargs="+", metavar="SHARE",
                         help="one grid rule for every method: one point per target share of block FLOPs run "
-                             "(e.g. 0.85 0.65 0.45 0.3), chosen on the calibration prompts, per step count, plus "
+                             "(e.g. 0.85 0.65 0.45 0.3): the best PSNR within 5 points under it on the calibration "
+                             "prompts, by the same search for every method, per step count, plus "
                              "the method's default; --grid still wins for the methods it names")
     parser.add_argument("--auto-grid-prompts", type=int, default=2,
                         help="how many of the calibration prompts the --auto-grid scan uses (the same for every method)")

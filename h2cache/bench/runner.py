@@ -226,7 +226,9 @@ def _grids_by_steps(pipe: Any, config: BenchConfig, state: Any, store: Calibrati
             selected, record = select_grids(config.methods, config.grids, tuple(config.auto_grid), measure, log)
             chosen[str(steps)] = {"grids": selected, "methods": record}
         path.write_text(json.dumps({"targets": list(config.auto_grid), "prompts": prompts,
-                                    "cost": "share of block FLOPs run", "by_steps": chosen}, indent=1))
+                                    "cost": "share of block FLOPs run",
+                                    "quality": "PSNR against each calibration prompt's uncached image, seed 0",
+                                    "by_steps": chosen}, indent=1))
     state.wait_for_everyone()
     auto = json.loads(path.read_text())
     for steps in config.steps:
@@ -243,7 +245,8 @@ def _grid_rule(config: BenchConfig, auto: dict[str, Any] | None) -> dict[str, st
         if method == "none":
             continue
         if method in chosen:
-            rules[method] = f"auto: one point per target share {list(config.auto_grid)} + its default"
+            rules[method] = (f"auto: per target share {list(config.auto_grid)}, the best calibration PSNR within "
+                             "5 points under it (bench/autogrid.py), + its default")
         elif method in config.grids:
             rules[method] = "explicit --grid (outside the one grid rule)"
         else:
