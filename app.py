@@ -27,7 +27,6 @@ if importlib.util.find_spec("spaces") is not None:
 import gradio as gr
 from starlette.middleware import Middleware
 
-from h2cache import H2CacheConfig
 from h2cache.metrics import lpips_availability
 
 from ui.gpu import zero_gpu_active
@@ -38,7 +37,7 @@ from ui.preview_store import PREVIEWS
 from ui.queue_guard import harden_queue
 from ui.request_guard import RequestGuard
 from ui.server_address import server_address
-from ui.validation import INPUT_FIELDS
+from ui.validation import OPTION_INPUTS
 from ui.settings import DEFAULT_SETTINGS_PATH, AppSettings, load_settings
 
 ROOT = Path(__file__).resolve().parent
@@ -49,7 +48,7 @@ log = logging.getLogger("h2cache.app")
 PAGE_HANDLERS = ("show_step", "on_model_change", "load_example", "apply_target", "apply_target_for_model",
                  "report_target")
 # Calls that send only the first ten inputs get the H2CacheConfig options at the library's defaults (off).
-OPTION_DEFAULTS = tuple(getattr(H2CacheConfig(), name) for name in INPUT_FIELDS[len(INPUT_FIELDS) - 4:])
+OPTION_DEFAULTS = tuple(f.default for f in OPTION_INPUTS)
 # Sessions whose state Gradio keeps (least recently used first out). Each holds only a small key, but
 # Gradio's own per-session record is ~66 KB with this page's components. The preview store behind the
 # keys holds only the last dozen or so comparisons, so older sessions would have nothing left to show anyway.

@@ -6,7 +6,7 @@ Example:
 """
 
 from .calibrate import Calibration, calibrate, stored_calibration
-from .config import H2CacheConfig
+from .config import ConfigField, H2CacheConfig, config_fields
 from .hooks import H2CacheHandle, apply_h2_cache, is_h2_cache_applied
 from .pipelines import generation_defaults, load_pipeline
 from .pfs import pfs_distance, pfs_kernel, pfs_thumbnail
@@ -14,7 +14,7 @@ from .stages import StageSplit, resolve_stages
 from .trace import StepRecord, Trace
 
 __all__ = [
-    "Calibration", "H2CacheConfig", "H2CacheHandle", "StageSplit", "StepRecord", "Trace", "apply_h2_cache",
-    "calibrate", "generation_defaults", "is_h2_cache_applied", "load_pipeline", "pfs_distance", "pfs_kernel",
+    "Calibration", "ConfigField", "H2CacheConfig", "H2CacheHandle", "StageSplit", "StepRecord", "Trace", "apply_h2_cache",
+    "calibrate", "config_fields", "generation_defaults", "is_h2_cache_applied", "load_pipeline", "pfs_distance", "pfs_kernel",
     "pfs_thumbnail", "resolve_stages", "stored_calibration",
 ]

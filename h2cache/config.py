@@ -3,7 +3,67 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ROLES = ("published", "ablation", "option", "model", "call")
+_KEY = "h2cache"
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One :class:`H2CacheConfig` field as declared: what it accepts and how the app and benchmark show it.
+
+    ``role`` says where it belongs: ``"published"`` (the paper's knobs), ``"ablation"`` (switches parts of the
+    algorithm off), ``"option"`` (changes beyond the paper, off by default), ``"model"`` (fitting a model) or
+    ``"call"`` (about the pipeline calls to come). ``unit`` says what a value counts, so the app can bound it
+    by its own limits (``"threshold"``, ``"pool"``, ``"steps"``, ``"calls"``; empty for flags).
+
+    Example:
+        >>> f = config_fields()[0]
+        >>> f.name, f.kind.__name__, f.default, f.allowed()
+        ('tau1', 'float', 0.15, 'a finite number >= 0')
+        >>> [f.name for f in config_fields("option")]
+        ['warmup_steps', 'max_consecutive_hits', 'final_full_steps', 'skip_stage2_probe_on_hit']
+    """
+
+    name: str
+    kind: type
+    default: Any
+    low: float | None = None
+    none_means: str | None = None
+    unit: str = ""
+    role: str = "published"
+    label: str = ""
+    help: str = ""
+
+    def allowed(self) -> str:
+        """The allowed values in words, as error messages give them."""
+        if self.kind is bool:
+            return "True or False"
+        if self.kind is float:
+            return f"a finite number >= {self.low:g}"
+        whole = f"an integer >= {self.low}"
+        return whole if self.none_means is None else f"{self.none_means} or {whole}"
+
+    def accepts(self, value: Any) -> bool:
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if value is None:
+            return self.none_means is not None
+        if isinstance(value, bool):
+            return False
+        if self.kind is float:
+            return isinstance(value, (int, float)) and math.isfinite(value) and value >= self.low
+        return isinstance(value, int) and value >= self.low
+
+    def check(self, value: Any) -> None:
+        if not self.accepts(value):
+            raise ValueError(f"H2CacheConfig.{self.name} must be {self.allowed()}, got {value!r}")
+
+
+def _declare(default: Any, kind: type, **declared: Any) -> Any:
+    return field(default=default, metadata={_KEY: {"kind": kind, "default": default, **declared}})
 
 
 @dataclass
@@ -57,18 +117,34 @@ class H2CacheConfig:
         ValueError: H2CacheConfig.tau1 must be a finite number >= 0, got -1
     """
 
-    tau1: float = 0.15
-    tau2: float = 0.22
-    pool_size_stage1: int = 2048
-    pool_size_stage2: int = 384
-    stage_split: int | None = None
-    full_residual_distance: bool = False
-    independent_stage2: bool = False
-    warmup_steps: int = 0
-    max_consecutive_hits: int = 0
-    final_full_steps: int = 0
-    num_inference_steps: int | None = None
-    skip_stage2_probe_on_hit: bool = False
+    # Each field is declared once, here: type, range, role, label and help. Validation, the method settings
+    # of the benchmark, and the app's inputs, widgets and checks are all derived from it (config_fields()).
+    tau1: float = _declare(0.15, float, low=0.0, unit="threshold", role="published",
+                           label="τ1: stage-1 (structure) threshold", help="Stage-1 (structure) PFS threshold; 0 = never reuse")
+    tau2: float = _declare(0.22, float, low=0.0, unit="threshold", role="published",
+                           label="τ2: stage-2 (detail) threshold", help="Stage-2 (detail) PFS threshold, used when stage 1 ran; 0 = never reuse")
+    pool_size_stage1: int = _declare(2048, int, low=1, unit="pool", role="published", label="PFS pool size, stage 1",
+                                     help="Pooling kernel k = max(1, tokens // pool size)")
+    pool_size_stage2: int = _declare(384, int, low=1, unit="pool", role="published", label="PFS pool size, stage 2",
+                                     help="The same for stage 2 (text and image tokens)")
+    stage_split: int | None = _declare(None, int, low=1, none_means="None (split at half)", role="model",
+                                       label="Stage split", help="First stage-2 block of a one-list model")
+    full_residual_distance: bool = _declare(False, bool, role="ablation", label="Unpooled distance",
+                                            help="Unpooled distance instead of PFS")
+    independent_stage2: bool = _declare(False, bool, role="ablation", label="Independent stage 2",
+                                        help="Stage 2 decides even when stage 1 hit")
+    warmup_steps: int = _declare(0, int, low=0, unit="steps", role="option", label="Warm-up steps",
+                                 help="The first N steps compute every block (0 = off)")
+    max_consecutive_hits: int = _declare(0, int, low=0, unit="calls", role="option", label="Max consecutive hits",
+                                         help="After N steps in a row that reused anything, the next computes "
+                                              "every block (0 = no cap)")
+    final_full_steps: int = _declare(0, int, low=0, unit="steps", role="option", label="Final full steps",
+                                     help="The last N steps compute every block (0 = off)")
+    num_inference_steps: int | None = _declare(None, int, low=1, none_means="None", role="call",
+                                               label="Steps", help="Steps of the calls to come (for final_full_steps)")
+    skip_stage2_probe_on_hit: bool = _declare(False, bool, role="option", label="One probe per stage-1 hit",
+                                              help="A step that reuses stage 1 skips stage 2's probe too: "
+                                                   "1 block instead of 2")
 
     def __setattr__(self, name: str, value) -> None:
         _validate(name, value)
@@ -84,28 +160,17 @@ class H2CacheConfig:
                              "both be True: an independent stage 2 needs its probe to decide")
 
 
-# Integer fields: (lowest allowed value, what None means where None is allowed).
-_INTEGERS: dict[str, tuple[int, str | None]] = {
-    "pool_size_stage1": (1, None), "pool_size_stage2": (1, None), "stage_split": (1, "None (split at half)"),
-    "warmup_steps": (0, None), "max_consecutive_hits": (0, None), "final_full_steps": (0, None),
-    "num_inference_steps": (1, "None"),
-}
+def config_fields(role: str | None = None) -> tuple[ConfigField, ...]:
+    """H2CacheConfig's fields as declared, in order; only those of `role` if given (one of :data:`ROLES`)."""
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    return tuple(f for f in _FIELDS.values() if role is None or f.role == role)
+
+
+_FIELDS = {f.name: ConfigField(f.name, **f.metadata[_KEY]) for f in fields(H2CacheConfig)}
 
 
 def _validate(name: str, value) -> None:
-    where = f"H2CacheConfig.{name}"
-    if name in ("tau1", "tau2"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-        if not ok:
-            raise ValueError(f"{where} must be a finite number >= 0, got {value!r}")
-    elif name in _INTEGERS:
-        low, none = _INTEGERS[name]
-        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= low) or (none and value is None)
-        if not ok:
-            allowed = f"an integer >= {low}" if none is None else f"{none} or an integer >= {low}"
-            raise ValueError(f"{where} must be {allowed}, got {value!r}")
-    elif name in ("full_residual_distance", "independent_stage2", "skip_stage2_probe_on_hit"):
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be True or False, got {value!r}")
-    elif name not in {f.name for f in fields(H2CacheConfig)}:
+    if name not in _FIELDS:
         raise AttributeError(f"H2CacheConfig has no field {name!r}")
+    _FIELDS[name].check(value)

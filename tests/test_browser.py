@@ -110,7 +110,7 @@ def test_advanced_options_are_in_the_page_and_checked_against_the_step_count(pag
     page.get_by_text("Advanced", exact=True).click()
     for elem_id in ("warmup-steps", "max-consecutive-hits", "final-full-steps"):
         assert page.locator(f"#{elem_id} input[type=number]").input_value() == "0"  # off by default
-    assert not page.locator("#skip-stage2-probe input[type=checkbox]").is_checked()
+    assert not page.locator("#skip-stage2-probe-on-hit input[type=checkbox]").is_checked()
     set_number(page, "steps", 4)
     set_number(page, "warmup-steps", 9)
     page.locator("#generate").click()

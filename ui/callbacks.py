@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import inspect
 import logging
 import re
 from dataclasses import dataclass, fields
@@ -29,7 +30,7 @@ from .scrubber import pfs_view, scrubber_slider, scrubber_state, step_view
 from .settings import AppSettings
 from .target_mode import MANUAL_TEXT, MODES, calibrated_thresholds
 from .trace_view import computed_mask, guard_forced, shown_context
-from .validation import ComparisonRequest, validate_request
+from .validation import CONFIG_INPUTS, RUN_FIELDS, ComparisonRequest, validate_request
 
 log = logging.getLogger("h2cache.app")
 
@@ -121,21 +122,16 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
     gpu_job = on_gpu(run_job, gpu_seconds)
     registry_id = register_models(registry)
 
-    def generate(prompt: str, model: str, seed: float, steps: float, width: float, height: float,
-                 tau1: float, tau2: float, pool_size_stage1: float, pool_size_stage2: float,
-                 warmup_steps: float = 0, max_consecutive_hits: float = 0, final_full_steps: float = 0,
-                 skip_stage2_probe_on_hit: bool = False,
-                 progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+    def generate(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Run the uncached baseline and H2-Cache with the same prompt and seed, and compare them.
 
-        The four H2CacheConfig options default to off (as in the library), so ten-argument calls still work.
+        Parameters: see GENERATE_SIGNATURE. The H2CacheConfig options default to off (as in the library), so
+        ten-argument calls still work.
         """
-        request = validate_request(settings, registry.keys, {
-            "prompt": prompt, "model": model, "seed": seed, "steps": steps, "width": width, "height": height,
-            "tau1": tau1, "tau2": tau2, "pool_size_stage1": pool_size_stage1, "pool_size_stage2": pool_size_stage2,
-            "warmup_steps": warmup_steps, "max_consecutive_hits": max_consecutive_hits,
-            "final_full_steps": final_full_steps, "skip_stage2_probe_on_hit": skip_stage2_probe_on_hit,
-        })
+        values = GENERATE_SIGNATURE.bind(*args, **kwargs)
+        values.apply_defaults()
+        progress = values.arguments.pop("progress")
+        request = validate_request(settings, registry.keys, values.arguments)
 
         # Gradio encodes the previous response (PNGs, JSON) after its handler returned, so the trim in
         # that handler's `finally` came too early for those buffers; this one returns them.
@@ -164,7 +160,24 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
         finally:
             release_free_memory()
 
+    generate.__signature__ = GENERATE_SIGNATURE  # what Gradio reads for the API's parameter names and defaults
     return generate
+
+
+def _generate_signature() -> inspect.Signature:
+    """The generate endpoint's parameters, from INPUT_FIELDS: H2CacheConfig's inputs as the library declares
+    them (options with their defaults), then Gradio's progress tracker."""
+    arg = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    run = [inspect.Parameter(name, arg, annotation=str if name in ("prompt", "model") else float)
+           for name in RUN_FIELDS]
+    config = [inspect.Parameter(f.name, arg, annotation=bool if f.kind is bool else float,
+                                **({"default": f.default} if f.role == "option" else {}))
+              for f in CONFIG_INPUTS]
+    progress = inspect.Parameter("progress", arg, default=gr.Progress(), annotation=gr.Progress)
+    return inspect.Signature([*run, *config, progress], return_annotation=tuple)
+
+
+GENERATE_SIGNATURE = _generate_signature()
 
 
 SCRUB_OUTPUTS = ("preview_baseline", "preview_cached", "preview_caption", "pfs_stage1", "pfs_stage2", "pfs_table")

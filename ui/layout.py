@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from h2cache import H2CacheConfig
+from h2cache import ConfigField, config_fields
 from h2cache.pipelines import EMBEDDED
 
 from .about import about_markdown
@@ -15,8 +15,8 @@ from .metrics_table import HEADERS
 from .pfs_panel import EMPTY_TABLE
 from .target_mode import MANUAL_TEXT, MODES, target_report
 from .models import ModelRegistry
-from .settings import AppSettings
-from .validation import make_validator
+from .settings import AppSettings, Limits
+from .validation import OPTION_INPUTS, app_bounds, make_validator
 
 IMAGE_HEIGHT = 256
 STATE_TTL_SECONDS = 3600
@@ -34,26 +34,20 @@ def _image(label: str, elem_id: str) -> gr.Image:
                     elem_classes=["pixelated", "upscaled"], height=IMAGE_HEIGHT, buttons=["download", "fullscreen"])
 
 
-def _option_inputs(max_hits_cap: int) -> list[gr.components.Component]:
-    """H2CacheConfig's options beyond the published algorithm, off by default as in the library.
+def config_input(f: ConfigField, limits: Limits, value: Any) -> gr.components.Component:
+    """The widget of one H2CacheConfig field, from the library's declaration of it (label, help, range).
 
-    In INPUT_FIELDS order: warm-up steps, max consecutive hits, final full steps, one probe per hit.
-    The step-count bounds are checked on Generate (ui/validation.py), since the step count can change.
+    Fields counted in steps get no maximum here: the step count can change, so Generate checks them
+    (ui/validation.py).
     """
-    off = H2CacheConfig()
-    gr.Markdown("Options beyond the published algorithm (off by default):")
-    with gr.Row():
-        warmup = gr.Number(label="Warm-up steps", value=off.warmup_steps, precision=0, minimum=0,
-                           elem_id="warmup-steps", info="The first N steps compute every block (0 = off)")
-        final = gr.Number(label="Final full steps", value=off.final_full_steps, precision=0, minimum=0,
-                          elem_id="final-full-steps", info="The last N steps compute every block (0 = off)")
-    max_hits = gr.Number(label="Max consecutive hits", value=off.max_consecutive_hits, precision=0, minimum=0,
-                         maximum=max_hits_cap, elem_id="max-consecutive-hits",
-                         info="After N steps in a row that reused anything, the next computes every block (0 = no cap)")
-    one_probe = gr.Checkbox(label="One probe per stage-1 hit", value=off.skip_stage2_probe_on_hit,
-                            elem_id="skip-stage2-probe",
-                            info="A step that reuses stage 1 skips stage 2's probe too: 1 block instead of 2")
-    return [warmup, max_hits, final, one_probe]
+    common = dict(label=f.label, value=value, elem_id=f.name.replace("_", "-"), info=f.help)
+    if f.kind is bool:
+        return gr.Checkbox(**common)
+    bounds = app_bounds(f, limits, steps=None)
+    if f.unit == "threshold":
+        return gr.Slider(minimum=bounds[0], maximum=bounds[1], step=0.001, **common)
+    low, high = bounds if bounds else (f.low, None)
+    return gr.Number(precision=0, minimum=low, maximum=high, **common)
 
 
 def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
@@ -80,10 +74,9 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                     size = dict(minimum=spec.min_size, maximum=spec.max_size, step=spec.size_multiple, value=spec.default_size)
                     width = gr.Slider(label="Width", elem_id="width", **size)
                     height = gr.Slider(label="Height", elem_id="height", **size)
-                tau1 = gr.Slider(label="τ1: stage-1 (structure) threshold", minimum=0, maximum=limits.tau_max,
-                                 step=0.001, value=spec.tau1, elem_id="tau1", info="0 = never reuse")
-                tau2 = gr.Slider(label="τ2: stage-2 (detail) threshold", minimum=0, maximum=limits.tau_max,
-                                 step=0.001, value=spec.tau2, elem_id="tau2")
+                published = {f.name: f for f in config_fields("published")}
+                tau1 = config_input(published["tau1"], limits, spec.tau1)
+                tau2 = config_input(published["tau2"], limits, spec.tau2)
                 with gr.Group():
                     mode = gr.Radio(list(MODES), value=MODES[0], label="Thresholds", elem_id="threshold-mode",
                                     info="target compute: τ1 and τ2 from a stored calibration (h2cache.calibrate)")
@@ -91,12 +84,11 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                                        step=0.05, value=0.5, elem_id="budget")
                     target_info = gr.Markdown(MANUAL_TEXT, elem_id="target-info")
                 with gr.Accordion("Advanced", open=False):
-                    pool1 = gr.Number(label="PFS pool size, stage 1", value=defaults.pool_size_stage1, precision=0,
-                                      minimum=limits.pool_size_min, maximum=limits.pool_size_max, elem_id="pool1",
-                                      info="Pooling kernel k = max(1, tokens // pool size)")
-                    pool2 = gr.Number(label="PFS pool size, stage 2", value=defaults.pool_size_stage2, precision=0,
-                                      minimum=limits.pool_size_min, maximum=limits.pool_size_max, elem_id="pool2")
-                    options = _option_inputs(limits.max_consecutive_hits_max)
+                    pool1 = config_input(published["pool_size_stage1"], limits, defaults.pool_size_stage1)
+                    pool2 = config_input(published["pool_size_stage2"], limits, defaults.pool_size_stage2)
+                    gr.Markdown("Options beyond the published algorithm (off by default):")
+                    with gr.Row():
+                        options = [config_input(f, limits, f.default) for f in OPTION_INPUTS]
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2, min_width=480):
                 c["summary"] = gr.Markdown("Press **Generate** to compare.", label="Summary", elem_id="summary")

@@ -11,8 +11,10 @@ from typing import Any
 
 import yaml
 
+from h2cache import H2CacheConfig
 from h2cache.pipelines import generation_defaults
 
+_PUBLISHED = H2CacheConfig()  # the library's defaults, where space.yaml gives none
 DEFAULT_SETTINGS_PATH = Path(__file__).resolve().parent.parent / "space.yaml"
 
 
@@ -163,8 +165,8 @@ def _model(raw: dict[str, Any], index: int) -> ModelSpec:
         max_steps=_get(steps, "max", int, f"{where}.steps"),
         default_size=_get(raw, "default_size", int, where, gen.get("height", 0)),
         default_steps=_get(raw, "default_steps", int, where, gen.get("num_inference_steps", 0)),
-        tau1=_get(raw, "tau1", float, where, 0.15),
-        tau2=_get(raw, "tau2", float, where, 0.22),
+        tau1=_get(raw, "tau1", float, where, _PUBLISHED.tau1),
+        tau2=_get(raw, "tau2", float, where, _PUBLISHED.tau2),
         zero_gpu=_get(raw, "zero_gpu", bool, where, True),
         gpu_estimate=_gpu_estimate(raw, where),
     )
@@ -236,8 +238,8 @@ def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
         model=_get(defaults_raw, "model", str, "defaults"),
         prompt=_get(defaults_raw, "prompt", str, "defaults"),
         seed=_get(defaults_raw, "seed", int, "defaults", 0),
-        pool_size_stage1=_get(defaults_raw, "pool_size_stage1", int, "defaults", 2048),
-        pool_size_stage2=_get(defaults_raw, "pool_size_stage2", int, "defaults", 384),
+        pool_size_stage1=_get(defaults_raw, "pool_size_stage1", int, "defaults", _PUBLISHED.pool_size_stage1),
+        pool_size_stage2=_get(defaults_raw, "pool_size_stage2", int, "defaults", _PUBLISHED.pool_size_stage2),
     )
     if defaults.model not in {m.key for m in models}:
         raise SettingsError(f"space.yaml: defaults.model {defaults.model!r} is not one of the listed models")

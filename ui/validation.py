@@ -13,20 +13,22 @@ from typing import Any
 
 import gradio as gr
 
-from h2cache import H2CacheConfig
+from h2cache import ConfigField, H2CacheConfig, config_fields
 
-from .settings import AppSettings
+from .settings import AppSettings, Limits
 
+# The H2CacheConfig fields the page offers, as the library declares them: the paper's knobs, then the options.
+CONFIG_INPUTS: tuple[ConfigField, ...] = config_fields("published") + config_fields("option")
+OPTION_INPUTS: tuple[ConfigField, ...] = config_fields("option")
+RUN_FIELDS = ("prompt", "model", "seed", "steps", "width", "height")
 # Order of the generate endpoint's inputs; the validator returns one gr.validate per entry.
-# The H2CacheConfig options come last, so API callers that send only the first ten still work.
-INPUT_FIELDS = ("prompt", "model", "seed", "steps", "width", "height", "tau1", "tau2",
-                "pool_size_stage1", "pool_size_stage2",
-                "warmup_steps", "max_consecutive_hits", "final_full_steps", "skip_stage2_probe_on_hit")
+# The options come last, so API callers that send only the first ten still work.
+INPUT_FIELDS = (*RUN_FIELDS, *(f.name for f in CONFIG_INPUTS))
 
 
 @dataclass(frozen=True)
 class ComparisonRequest:
-    """A request whose every field has passed the checks."""
+    """A request whose every field has passed the checks; ``settings`` holds the H2CacheConfig inputs."""
 
     prompt: str
     model: str
@@ -34,24 +36,15 @@ class ComparisonRequest:
     steps: int
     width: int
     height: int
-    tau1: float
-    tau2: float
-    pool_size_stage1: int
-    pool_size_stage2: int
-    warmup_steps: int
-    max_consecutive_hits: int
-    final_full_steps: int
-    skip_stage2_probe_on_hit: bool
+    settings: tuple[tuple[str, Any], ...]  # (name, value) in CONFIG_INPUTS order
 
     def config(self) -> H2CacheConfig:
         # num_inference_steps is what final_full_steps counts back from; it changes nothing else.
-        return H2CacheConfig(tau1=self.tau1, tau2=self.tau2, pool_size_stage1=self.pool_size_stage1,
-                             pool_size_stage2=self.pool_size_stage2, warmup_steps=self.warmup_steps,
-                             max_consecutive_hits=self.max_consecutive_hits, final_full_steps=self.final_full_steps,
-                             num_inference_steps=self.steps, skip_stage2_probe_on_hit=self.skip_stage2_probe_on_hit)
+        return H2CacheConfig(**dict(self.settings), num_inference_steps=self.steps)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        return {**values, **dict(values.pop("settings"))}
 
 
 def _shown(value: Any) -> str:
@@ -159,17 +152,31 @@ def find_problems(settings: AppSettings, allowed_models: list[str], values: dict
         clean["steps"] = _whole(values.get("steps"), "steps", spec.min_steps, spec.max_steps, problems)
         for side in ("width", "height"):
             clean[side] = _whole(values.get(side), side, spec.min_size, spec.max_size, problems, spec.size_multiple)
-    for tau in ("tau1", "tau2"):
-        clean[tau] = _real(values.get(tau), tau, 0.0, limits.tau_max, problems)
-    for pool in ("pool_size_stage1", "pool_size_stage2"):
-        clean[pool] = _whole(values.get(pool), pool, limits.pool_size_min, limits.pool_size_max, problems)
-    if clean.get("steps") is not None:  # bounded by the step count; with bad steps only that is reported
-        for guard in ("warmup_steps", "final_full_steps"):
-            clean[guard] = _whole(values.get(guard), guard, 0, clean["steps"], problems)
-    clean["max_consecutive_hits"] = _whole(values.get("max_consecutive_hits"), "max_consecutive_hits", 0,
-                                           limits.max_consecutive_hits_max, problems)
-    clean["skip_stage2_probe_on_hit"] = _flag(values.get("skip_stage2_probe_on_hit"), "skip_stage2_probe_on_hit", problems)
+    for f in CONFIG_INPUTS:
+        value = values.get(f.name)
+        if f.kind is bool:
+            clean[f.name] = _flag(value, f.name, problems)
+            continue
+        bounds = app_bounds(f, limits, clean.get("steps"))
+        if bounds is None:  # bounded by the step count; with bad steps only that is reported
+            continue
+        check = _real if f.kind is float else _whole
+        clean[f.name] = check(value, f.name, *bounds, problems)
     return problems, {k: v for k, v in clean.items() if k not in problems}
+
+
+def app_bounds(f: ConfigField, limits: Limits, steps: int | None) -> tuple[float, float] | None:
+    """The range the app allows for a numeric H2CacheConfig field: the library's lower bound, and the app's
+    limit for what the field counts (``space.yaml``); None for a step count when the steps are unknown."""
+    if f.unit == "threshold":
+        return f.low, limits.tau_max
+    if f.unit == "pool":
+        return max(f.low, limits.pool_size_min), limits.pool_size_max
+    if f.unit == "calls":
+        return f.low, limits.max_consecutive_hits_max
+    if f.unit == "steps":
+        return None if steps is None else (f.low, steps)
+    raise ValueError(f"H2CacheConfig.{f.name} has unit {f.unit!r}, which the app cannot bound")
 
 
 def validate_request(settings: AppSettings, allowed_models: list[str], values: dict[str, Any]) -> ComparisonRequest:
@@ -177,7 +184,8 @@ def validate_request(settings: AppSettings, allowed_models: list[str], values: d
     problems, clean = find_problems(settings, allowed_models, values)
     if problems:
         raise gr.Error("Invalid input: " + "; ".join(problems.values()), title="Invalid input")
-    return ComparisonRequest(**clean)
+    run = {name: clean[name] for name in RUN_FIELDS}
+    return ComparisonRequest(**run, settings=tuple((f.name, clean[f.name]) for f in CONFIG_INPUTS))
 
 
 def make_validator(settings: AppSettings, allowed_models: list[str]):

@@ -13,11 +13,28 @@ non-dominated, non-degenerate points (:mod:`.verdicts`), and per-sample quality
 beside the mean (:mod:`.quality`).
 
 Example:
+    >>> import os, shutil, tempfile
     >>> from h2cache.bench import parse_config, run_benchmark
     >>> config = parse_config(["--num-prompts", "2", "--methods", "none", "h2cache", "--out", "/tmp/b"])
-    >>> config.methods
-    ('none', 'h2cache')
-    >>> results = run_benchmark(config)                  # doctest: +SKIP
+    >>> config.methods, config.steps, config.lpips
+    (('none', 'h2cache'), (28,), True)
+
+    A run small enough for a docstring: one prompt, 6 steps, one H2-Cache point, one timed call, on the CPU
+    (so that the results do not depend on the machine's GPU), without LPIPS (its weights come from the network):
+
+    >>> out = tempfile.mkdtemp()
+    >>> config = parse_config(["--num-prompts", "1", "--steps", "6", "--methods", "none", "h2cache",
+    ...                        "--grid", "h2cache:tau1=0.3:tau2=0.5", "--repeats", "1", "--warmup", "0",
+    ...                        "--device", "cpu", "--no-lpips", "--no-plots", "--no-progress",
+    ...                        "--no-decision-cost", "--out", out])
+    >>> results = run_benchmark(config)
+    [bench] WARNING: only 1 prompt(s) x 1 seed(s): ...
+    >>> # each point against the uncached image of the same prompt and seed: the reference is that image itself
+    >>> [(s["variant"], s["blocks_share"] < 1, s["identical"]) for s in results["summary"]]
+    [('none', False, True), ('h2cache(tau1=0.3,tau2=0.5)', True, False)]
+    >>> sorted(os.listdir(out))
+    ['comparisons.csv', 'results.json', 'results.md', 'samples.csv', 'summary.csv']
+    >>> shutil.rmtree(out)
 """
 
 from .cli import build_parser, main, parse_config

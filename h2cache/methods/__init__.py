@@ -10,14 +10,24 @@ Every method is applied the same way and reports the same per-call trace fields
 Example:
     >>> import torch, h2cache
     >>> from h2cache.methods import apply_method, measure_flop_table
-    >>> pipe = h2cache.load_pipeline()                                                   # doctest: +SKIP
-    >>> flops = measure_flop_table(pipe, **h2cache.generation_defaults(pipe))            # doctest: +SKIP
-    >>> handle = apply_method(pipe, "h2cache", tau1=0.15, tau2=0.22, flops=flops)        # doctest: +SKIP
+    >>> pipe = h2cache.load_pipeline()
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> call = dict(h2cache.generation_defaults(pipe), num_inference_steps=8)
+    >>> flops = measure_flop_table(pipe, **call)
+    >>> handle = apply_method(pipe, "h2cache", tau1=0.15, tau2=0.22, flops=flops, num_inference_steps=8)
     >>> image = pipe("a large red circle at the center on a striped blue background",
-    ...              **h2cache.generation_defaults(pipe), generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
-    >>> handle.trace.blocks_share(), handle.trace.flops_share()                          # doctest: +SKIP
-    (0.52, 0.55)
-    >>> handle.remove()                                                                  # doctest: +SKIP
+    ...              **call, generator=torch.Generator().manual_seed(0)).images[0]
+    >>> len(handle.trace), handle.trace.contexts  # one record per transformer call: 8 steps x 2 contexts
+    (16, ['cond', 'uncond'])
+    >>> handle.trace.blocks_share() < 1, handle.trace.flops_share() < 1
+    (True, True)
+    >>> handle.remove()
+    >>> with apply_method(pipe, "taylorseer", cache_interval=2, flops=flops, num_inference_steps=8) as handle:
+    ...     image = pipe("a large red circle at the center on a striped blue background",
+    ...                  **call, generator=torch.Generator().manual_seed(0)).images[0]
+    ...     # every block runs, but from step 3 every other step predicts its attention instead of computing it
+    ...     [r.attn_run for r in handle.trace.for_context("cond")], handle.trace.blocks_share()
+    ([12, 12, 12, 0, 12, 0, 12, 0], 1.0)
 """
 
 from .base import ApplyContext, Attachment, Method, MethodHandle

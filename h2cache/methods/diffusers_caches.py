@@ -181,10 +181,15 @@ def calibrate_magcache(pipe: Any, prompts: Sequence[str], seeds: Sequence[int] =
     transformer call; a hook after each call files what was printed under the context of that call.
 
     Example:
+        >>> import h2cache
+        >>> pipe = h2cache.load_pipeline()
+        >>> pipe.set_progress_bar_config(disable=True)
         >>> cal = calibrate_magcache(pipe, ["a red circle at the center on a plain blue background"],
-        ...                          num_inference_steps=28, height=64, width=64)   # doctest: +SKIP
-        >>> len(cal["ratios"])                                                       # doctest: +SKIP
-        28
+        ...                          **dict(h2cache.generation_defaults(pipe), num_inference_steps=6))
+        >>> len(cal["ratios"]), sorted(cal["by_context"]), cal["runs"]  # true CFG: one list per context
+        (6, ['cond', 'uncond'], 2)
+        >>> pipe.transformer.is_cache_enabled  # calibration mode is switched off again
+        False
     """
     from diffusers import MagCacheConfig
 

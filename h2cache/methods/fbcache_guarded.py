@@ -8,10 +8,20 @@ current cache context from the block meter every registered method runs under
 on a forced call, the reference is refreshed, as H2-Cache's own guards do.
 
 Example:
-    >>> handle = apply_method(pipe, "fbcache-guarded", threshold=0.1, max_consecutive_hits=3)  # doctest: +SKIP
-    >>> image = pipe("a red circle", num_inference_steps=28).images[0]                        # doctest: +SKIP
-    >>> [r.blocks_run for r in handle.trace][:7]                                             # doctest: +SKIP
-    [12, 12, 12, 12, 12, 12, 1]
+    >>> import torch, h2cache
+    >>> from h2cache.methods import apply_method
+    >>> pipe = h2cache.load_pipeline()
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> call = dict(h2cache.generation_defaults(pipe), num_inference_steps=8)
+    >>> # The first block's change stays far below 1.0 here, so only the guards make a call compute.
+    >>> handle = apply_method(pipe, "fbcache-guarded", threshold=1.0, max_consecutive_hits=2,
+    ...                       retention_ratio=0.2, final_full_steps=1, num_inference_steps=8)
+    >>> image = pipe("a red circle at the center on a plain blue background", **call,
+    ...              generator=torch.Generator().manual_seed(0)).images[0]
+    >>> # 2 warm-up steps (ceil(0.2 x 8)), a full call after 2 reusing ones, the last step; 1: leader block only
+    >>> [r.blocks_run for r in handle.trace.for_context("cond")]
+    [12, 12, 1, 1, 12, 1, 1, 12]
+    >>> handle.remove()
 """
 
 from __future__ import annotations

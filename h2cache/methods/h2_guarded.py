@@ -12,9 +12,24 @@ which the guarded peers share); the hooks do the rest.
 reproduce its images and traces bit for bit, so its measurements in docs/BENCHMARKS.md still hold.)
 
 Example:
-    >>> handle = apply_method(pipe, "h2cache-guarded", tau1=0.15, tau2=0.22, max_consecutive_hits=3)  # doctest: +SKIP
-    >>> handle.inner.config.warmup_steps                                                           # doctest: +SKIP
-    6
+    >>> import torch, h2cache
+    >>> from h2cache.methods import apply_method
+    >>> pipe = h2cache.load_pipeline()
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> handle = apply_method(pipe, "h2cache-guarded", tau1=0.15, tau2=0.22, max_consecutive_hits=3)
+    >>> c = handle.inner.config  # the model's 28 steps: ceil(0.2 x 28) warm-up steps
+    >>> c.warmup_steps, c.max_consecutive_hits, c.final_full_steps
+    (6, 3, 1)
+    >>> handle.remove()
+    >>> # Thresholds this loose let stage 1 hit on every call (2 blocks: the two probes); the guards set the rest.
+    >>> handle = apply_method(pipe, "h2cache-guarded", tau1=1.0, tau2=1.0, max_consecutive_hits=2,
+    ...                       num_inference_steps=8)
+    >>> image = pipe("a red circle at the center on a plain blue background",
+    ...              **dict(h2cache.generation_defaults(pipe), num_inference_steps=8),
+    ...              generator=torch.Generator().manual_seed(0)).images[0]
+    >>> [r.blocks_run for r in handle.trace.for_context("uncond")]
+    [12, 12, 2, 2, 12, 2, 2, 12]
+    >>> handle.remove()
 """
 
 from __future__ import annotations

@@ -17,14 +17,16 @@ One :class:`MethodRecord` per transformer call (one denoising step in one cache
 context), collected in a :class:`MethodTrace` that restarts at each pipeline call.
 
 Example:
-    >>> import torch
-    >>> from tests.tiny_models import tiny_flux_pipeline           # doctest: +SKIP
-    >>> pipe = tiny_flux_pipeline()                                # doctest: +SKIP
-    >>> meter = BlockMeter(pipe.transformer).attach()              # doctest: +SKIP
-    >>> _ = pipe("a red circle", height=16, width=16, num_inference_steps=2)  # doctest: +SKIP
-    >>> [(r.step, r.blocks_run) for r in meter.trace]              # doctest: +SKIP
-    [(0, 7), (1, 7)]
-    >>> meter.detach()                                             # doctest: +SKIP
+    >>> import torch, h2cache
+    >>> pipe = h2cache.load_pipeline()
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> meter = BlockMeter(pipe.transformer).attach()
+    >>> _ = pipe("a red circle", **dict(h2cache.generation_defaults(pipe), num_inference_steps=2),
+    ...          generator=torch.Generator().manual_seed(0))
+    >>> # no cache: each of the 12 blocks (4 double-stream, 8 single-stream) runs in every call
+    >>> [(r.context, r.step, r.blocks_run, r.hit) for r in meter.trace]
+    [('cond', 0, 12, False), ('uncond', 0, 12, False), ('cond', 1, 12, False), ('uncond', 1, 12, False)]
+    >>> meter.detach()
 """
 
 from __future__ import annotations
@@ -325,8 +327,14 @@ def measure_flop_table(pipe: Any, prompt: str = "a", **call_kwargs: Any) -> Flop
     that call; a :class:`BlockMeter` ignores the table for calls of another shape.
 
     Example:
-        >>> table = measure_flop_table(pipe, height=64, width=64, max_sequence_length=16)  # doctest: +SKIP
-        >>> table.blocks[0].attn < table.blocks[0].total                                   # doctest: +SKIP
+        >>> import h2cache
+        >>> pipe = h2cache.load_pipeline()
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> table = measure_flop_table(pipe, **h2cache.generation_defaults(pipe))
+        >>> # 64x64 pixels: 16x16 latents (VAE factor 4) in 2x2 patches; max_sequence_length=16 T5 tokens
+        >>> len(table.blocks), table.image_tokens, table.text_tokens
+        (12, 64, 16)
+        >>> all(0 < b.attn < b.total for b in table.blocks)
         True
     """
     from torch.utils.flop_counter import FlopCounterMode

@@ -3,17 +3,23 @@
 Example:
     >>> [m for m in list_methods()][:6]
     ['none', 'h2cache', 'fbcache', 'teacache', 'magcache', 'taylorseer']
-    >>> handle = apply_method(pipe, "fbcache", threshold=0.08)          # doctest: +SKIP
-    >>> image = pipe("a red circle", num_inference_steps=28).images[0]  # doctest: +SKIP
-    >>> handle.trace.blocks_share() < 1                                 # doctest: +SKIP
+    >>> import torch, h2cache
+    >>> pipe = h2cache.load_pipeline()  # the embedded model
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> handle = apply_method(pipe, "fbcache", threshold=0.3)
+    >>> image = pipe("a large red circle at the center on a plain blue background",
+    ...              **{**h2cache.generation_defaults(pipe), "num_inference_steps": 8},
+    ...              generator=torch.Generator().manual_seed(0)).images[0]
+    >>> handle.trace.blocks_share() < 1
     True
-    >>> handle.remove()                                                 # doctest: +SKIP
+    >>> handle.remove()
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..config import ConfigField, config_fields
 from .base import ApplyContext, Attachment, Method, MethodHandle
 from .diffusers_caches import attach_fbcache, attach_magcache, attach_taylorseer
 from .fbcache_guarded import attach_fbcache_guarded
@@ -30,10 +36,14 @@ def _attach_none(settings: dict[str, Any], context: ApplyContext) -> Attachment:
     return Attachment(remove=lambda: None, description="uncached")
 
 
-_TAU1 = Setting("tau1", float, 0.15, 0.0, INF, "stage-1 (structure) PFS threshold")
-_TAU2 = Setting("tau2", float, 0.22, 0.0, INF, "stage-2 (detail) PFS threshold")
-_POOL1 = Setting("pool_size_stage1", int, 2048, 1, INF, "PFS pooling target of stage 1 (k = N // pool)")
-_POOL2 = Setting("pool_size_stage2", int, 384, 1, INF, "PFS pooling target of stage 2")
+def _config_setting(f: ConfigField) -> Setting:
+    """A benchmark setting straight from H2CacheConfig's declaration of the field (same default and range)."""
+    role = f"{f.role}: " if f.role in ("ablation", "option") else ""
+    return Setting(f.name, f.kind, f.default, f.low, INF, role + f.help)
+
+
+_H2 = {f.name: _config_setting(f) for f in config_fields() if f.role in ("published", "ablation", "option")}
+_TAU1, _TAU2, _POOL1, _POOL2 = (_H2[f.name] for f in config_fields("published"))
 _H2_GRID = {"tau1": (0.05, 0.1, 0.15, 0.25, 0.4), "tau2": (0.1, 0.22, 0.4)}
 
 METHODS: dict[str, Method] = {}
@@ -49,13 +59,7 @@ def register(method: Method) -> Method:
 register(Method("none", "uncached baseline", (), {}, _attach_none))
 register(Method(
     "h2cache", "H2-Cache: two-stage residual reuse gated by PFS distances (this project)",
-    (_TAU1, _TAU2, _POOL1, _POOL2,
-     Setting("full_residual_distance", bool, False, help="ablation: unpooled distance instead of PFS"),
-     Setting("independent_stage2", bool, False, help="ablation: stage 2 decides even when stage 1 hit"),
-     Setting("warmup_steps", int, 0, 0, INF, "option: first steps always computed"),
-     Setting("max_consecutive_hits", int, 0, 0, INF, "option: cap on reusing calls in a row (0: none)"),
-     Setting("final_full_steps", int, 0, 0, INF, "option: last steps always computed"),
-     Setting("skip_stage2_probe_on_hit", bool, False, help="option: a stage-1 hit runs one block, not two")),
+    tuple(_H2.values()),
     _H2_GRID, attach_h2cache))
 _FBC_THRESHOLD = Setting("threshold", float, 0.05, 0.0, INF, "relative L1 threshold on the first block's residual")
 _FBC_GRID = {"threshold": (0.02, 0.05, 0.08, 0.12, 0.2, 0.3)}

@@ -22,13 +22,19 @@ uncached run) and is stored per model by :class:`~h2cache.methods.calibration.Ca
 Each cache context ('cond'/'uncond') keeps its own state; nothing crosses pipeline calls.
 
 Example:
-    >>> import torch
-    >>> config = TeaCacheConfig(threshold=0.4, coefficients=(1.0, 0.0), num_inference_steps=28)
-    >>> handle = apply_teacache(pipe.transformer, config)                       # doctest: +SKIP
-    >>> image = pipe("a red circle", num_inference_steps=28).images[0]          # doctest: +SKIP
-    >>> sum(d.computed for d in handle.decisions)                               # doctest: +SKIP
-    11
-    >>> handle.remove()                                                         # doctest: +SKIP
+    >>> import torch, h2cache
+    >>> pipe = h2cache.load_pipeline()
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> # The identity polynomial: the accumulator sums raw input changes (about 0.5, then 0.25-0.3 per step).
+    >>> config = TeaCacheConfig(threshold=0.6, coefficients=(1.0, 0.0), num_inference_steps=6)
+    >>> handle = apply_teacache(pipe.transformer, config)
+    >>> image = pipe("a red circle at the center on a plain blue background",
+    ...              **dict(h2cache.generation_defaults(pipe), num_inference_steps=6),
+    ...              generator=torch.Generator().manual_seed(0)).images[0]
+    >>> # step 0 and 5: always computed; step 2: the accumulator crossed 0.6 and restarted
+    >>> [(d.step, d.computed) for d in handle.decisions if d.context == "cond"]
+    [(0, True), (1, False), (2, True), (3, False), (4, False), (5, True)]
+    >>> handle.remove()
 """
 
 from __future__ import annotations
@@ -352,10 +358,17 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], seeds: Sequence[int] =
     input changes seen (the fit is only trustworthy inside it).
 
     Example:
+        >>> import h2cache
+        >>> pipe = h2cache.load_pipeline()
+        >>> pipe.set_progress_bar_config(disable=True)
         >>> cal = calibrate_teacache(pipe, ["a red circle at the center on a plain blue background"],
-        ...                          num_inference_steps=28, height=64, width=64)   # doctest: +SKIP
-        >>> len(cal["coefficients"])                                                 # doctest: +SKIP
-        5
+        ...                          **dict(h2cache.generation_defaults(pipe), num_inference_steps=6))
+        >>> # one (input change, output change) pair per step after the first, in each of the 2 CFG contexts
+        >>> len(cal["coefficients"]), cal["pairs"], cal["num_inference_steps"]
+        (5, 10, 6)
+        >>> low, high = cal["input_change_range"]
+        >>> 0 < low < high
+        True
     """
     x, y = collect_teacache_pairs(pipe, prompts, seeds, **call_kwargs)
     coefficients = fit_rescale_polynomial(x, y, degree)

@@ -5,9 +5,20 @@ H2-Cache's proposal uses (:mod:`h2cache.methods.guards`): warm-up steps, a cap o
 final full steps, so that both are compared with the same safety net.
 
 Example:
-    >>> handle = apply_method(pipe, "teacache-guarded", threshold=0.4, max_consecutive_hits=3)  # doctest: +SKIP
-    >>> handle.inner.config.guards.warmup_steps                                                # doctest: +SKIP
+    >>> import torch, h2cache
+    >>> from h2cache.methods import apply_method
+    >>> pipe = h2cache.load_pipeline()
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> # The model's 28 steps, for which calibration.json holds this model's polynomial. The threshold is so
+    >>> # loose that every call after the warm-up could skip: the guards alone decide which steps compute.
+    >>> handle = apply_method(pipe, "teacache-guarded", threshold=1.0, max_consecutive_hits=3)
+    >>> handle.inner.config.guards.warmup_steps
     6
+    >>> image = pipe("a red circle at the center on a plain blue background", **h2cache.generation_defaults(pipe),
+    ...              generator=torch.Generator().manual_seed(0)).images[0]
+    >>> [r.step for r in handle.trace.for_context("cond") if r.blocks_run]
+    [0, 1, 2, 3, 4, 5, 9, 13, 17, 21, 25, 27]
+    >>> handle.remove()
 """
 
 from __future__ import annotations
