@@ -7,8 +7,9 @@ towards the budget's boundary on each line. Every point is scored on all prompts
 block executions run and each image's PSNR/SSIM against its uncached baseline.
 
 - ``target_blocks=x``: the best median PSNR among points that run from ``x - 0.05`` to ``x`` of the blocks
-  (``share_tolerance``; any point under ``x`` if the search found none in that window; see
-  :mod:`h2cache.budget_search` for why a budget is a window and not just a ceiling).
+  (``share_tolerance``; any point under ``x`` if the search found none in that window), differences under
+  0.5 dB counting as ties that go to the larger share; :mod:`h2cache.budget_search` says why a budget is a
+  window and not just a ceiling.
 - ``min_psnr=y``: the fewest blocks run among points whose PSNR stays at or above ``y`` dB, for the median
   prompt (``floor="median"``) or every prompt (``floor="worst"``).
 
@@ -38,7 +39,7 @@ from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
-from .budget_search import SHARE_TOLERANCE, pick_for_share, sweep_line
+from .budget_search import QUALITY_TIE, SHARE_TOLERANCE, pick_for_share, sweep_line
 from .compare import generate
 from .config import H2CacheConfig
 from .hooks import apply_h2_cache
@@ -100,12 +101,17 @@ class Calibration:
 
 
 def choose(points: Iterable[SearchPoint], *, target_blocks: float | None = None, min_psnr: float | None = None,
-           floor: str = "median", share_tolerance: float = SHARE_TOLERANCE) -> tuple[SearchPoint, bool]:
-    """The point a budget picks, and whether it meets the budget (else the closest one)."""
+           floor: str = "median", share_tolerance: float = SHARE_TOLERANCE,
+           quality_tie: float = QUALITY_TIE) -> tuple[SearchPoint, bool]:
+    """The point a budget picks, and whether it meets the budget (else the closest one).
+
+    For `target_blocks`, see :func:`h2cache.budget_search.pick_for_share` (median PSNR, ties within
+    `quality_tie` dB go to the larger share).
+    """
     candidates = [EXACT, *points]
     if target_blocks is not None:
         return pick_for_share(candidates, target_blocks, share=lambda p: p.blocks_share,
-                              quality=lambda p: p.floor_psnr("median"), tolerance=share_tolerance)
+                              quality=lambda p: p.floor_psnr("median"), tolerance=share_tolerance, tie=quality_tie)
     floor_ok = [p for p in candidates if p.floor_psnr(floor) >= min_psnr]
     return min(floor_ok, key=lambda p: (p.blocks_share, -p.floor_psnr(floor))), True
 

@@ -33,7 +33,10 @@ def test_a_compute_budget_gives_the_best_median_psnr_just_under_it(budget):
     assert cal.met and cal.blocks_share <= 0.6 and len(cal.psnr) == len(PROMPTS)
     window = [p for p in [EXACT, *cal.points] if 0.55 - 1e-9 <= p.blocks_share <= 0.6 + 1e-9]
     within = window or [p for p in [EXACT, *cal.points] if p.blocks_share <= 0.6]
-    assert statistics.median(cal.psnr) == max(statistics.median(p.psnr) for p in within)
+    best = max(statistics.median(p.psnr) for p in within)
+    assert statistics.median(cal.psnr) >= best - 0.5  # within the tie of the best in the window...
+    tied = [p for p in within if statistics.median(p.psnr) >= best - 0.5]
+    assert cal.blocks_share == max(p.blocks_share for p in tied)  # ...and the one that spends the budget
     assert any(p.blocks_share > 0.6 for p in cal.points), "the search must have crossed the budget's boundary"
     assert (cal.config.tau1, cal.config.tau2) in {(p.tau1, p.tau2) for p in cal.points}
     # Cost in uncached-run units: the baselines once, each cached run by its share of blocks.
@@ -67,13 +70,17 @@ def point(share, median):
 
 def test_a_budget_is_spent_in_its_window_even_when_a_much_cheaper_point_scores_a_little_higher():
     # As in the stored 28-step search of the embedded model: 64% at 49.58 dB against 72% at 49.50 dB.
-    points = [point(0.635, 49.58), point(0.723, 49.50), point(0.80, 51.0)]
+    points = [point(0.635, 49.58), point(0.723, 49.50), point(0.80, 51.0), point(0.5, 52.0)]
     chosen, met = choose(points, target_blocks=0.75)
     assert met and chosen.blocks_share == 0.723
-    anywhere, _ = choose(points, target_blocks=0.75, share_tolerance=1.0)  # the plain ceiling
-    assert anywhere.blocks_share == 0.635
+    anywhere, _ = choose(points, target_blocks=0.75, share_tolerance=1.0)  # the plain ceiling...
+    assert anywhere.blocks_share == 0.5  # ...takes the cheap point that is better by more than the tie
+    strict, _ = choose(points, target_blocks=0.75, share_tolerance=1.0, quality_tie=0.0)
+    assert strict.blocks_share == 0.5
     nothing_near, met = choose(points, target_blocks=0.7)  # nothing in [65%, 70%]: the best under it
-    assert met and nothing_near.blocks_share == 0.635
+    assert met and nothing_near.blocks_share == 0.5
+    tie, _ = choose([point(0.803, 58.29), point(0.847, 58.28)], target_blocks=0.85)  # 0.01 dB apart
+    assert tie.blocks_share == 0.847
 
 
 def test_an_unreachable_budget_returns_the_closest_point_and_says_so(budget):
@@ -103,8 +110,8 @@ def test_the_held_out_check_reproduces_the_search_on_its_own_prompts_and_compare
     row, unreachable = rows
     # Same prompts and seeds as the calibration: the same share and PSNR, to the bit.
     assert row["held_out_share"] == cal.blocks_share and row["median_psnr"] == statistics.median(cal.psnr)
-    # The search's choice is at least as good as the grid's best at no more blocks (the grid is part of the search).
-    assert row["grid_best_psnr"] <= row["median_psnr"]
+    # The search's choice is within the tie of the grid's best at no more blocks (the grid is part of the search).
+    assert row["grid_best_psnr"] <= row["median_psnr"] + 0.5
     assert unreachable["held_out_share"] > 0.01
     print_table(rows)
     assert "| 8 | 60% |" in capsys.readouterr().out
