@@ -246,7 +246,7 @@ class H2ProbeHook(StatefulBlockHook):
         if record is None:  # the block was called outside a transformer call: stay out of the way
             return output
         stage.tuple_output = isinstance(output, tuple)
-        record.blocks_run += 1
+        record.ran(self.stage + 1)
         hidden_out, encoder_out = _streams(output, self._meta)
         distance, hit, forced = self.decide(state, hidden_in, encoder_in, hidden_out, encoder_out)
         if self.stage == 0:
@@ -344,7 +344,7 @@ class H2BlockHook(StatefulBlockHook):
         output = self.fn_ref.original_forward(*args, **kwargs)
         if state.record is None:
             return output
-        state.record.blocks_run += 1
+        state.record.ran(self.stage + 1)
         if self.is_tail and stage.head_output is not None:
             hidden_out, encoder_out = _streams(output, self._meta)
             head_hidden, head_encoder = stage.head_output

@@ -14,6 +14,15 @@ class StepRecord:
     the optional guards (warm-up, final steps, a cap on consecutive hits) made compute
     every block; its distances are still measured. ``probe2_skipped`` marks a stage-1
     hit that did not run stage 2's probe either (``skip_stage2_probe_on_hit``).
+    ``stage1_blocks_run``/``stage2_blocks_run`` count the blocks each stage ran; a stage always
+    runs a prefix of its blocks (its probe, then the rest on a miss), so :meth:`computed` can
+    say which.
+
+    Example:
+        >>> hit = StepRecord(step=3, context="cond", hit1=True, hit2=True, forced2=True)
+        >>> hit.ran(1); hit.ran(2)
+        >>> hit.blocks_run, hit.computed(stage1_blocks=3, stage2_blocks=2)
+        (2, [True, False, False, True, False])
     """
 
     step: int
@@ -27,6 +36,21 @@ class StepRecord:
     blocks_total: int = 0
     forced_full: bool = False
     probe2_skipped: bool = False
+    stage1_blocks_run: int = 0
+    stage2_blocks_run: int = 0
+
+    def ran(self, stage: int) -> None:
+        """Count one block of `stage` (1 or 2) as run in this call."""
+        self.blocks_run += 1
+        if stage == 1:
+            self.stage1_blocks_run += 1
+        else:
+            self.stage2_blocks_run += 1
+
+    def computed(self, stage1_blocks: int, stage2_blocks: int) -> list[bool]:
+        """Per block, stage 1's then stage 2's: whether it ran in this call (False: its output was reused)."""
+        return ([i < self.stage1_blocks_run for i in range(stage1_blocks)]
+                + [i < self.stage2_blocks_run for i in range(stage2_blocks)])
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -116,7 +116,7 @@ def test_cached_run_outputs_agree_with_each_other(cached, registry):
     psnr = quality["psnr"]
     assert rows["PSNR vs baseline"][1] == format_psnr(psnr)
     assert details["quality"]["ssim"] == pytest.approx(quality["ssim"])
-    # The compute map derived from hit1/hit2 matches the blocks the library counted.
+    # The compute map (from the records' per-stage counts) matches the blocks the library counted.
     split = h2cache.resolve_stages(registry.get("embedded").transformer)
     mask = computed_mask(trace, len(split.stage1), len(split.stage2))
     assert mask.sum(axis=0).tolist() == [r.blocks_run for r in trace]
@@ -581,16 +581,19 @@ def test_formatting_and_difference_map():
     assert diff[2, 3].any() and diff.sum() == diff[2, 3].sum()
 
 
-def test_computed_mask_follows_the_h2cache_rules():
-    records = [StepRecord(0, "cond"), StepRecord(1, "cond", hit1=True, hit2=True, forced2=True),
-               StepRecord(2, "cond", d1=0.3, hit2=True)]
+def test_computed_mask_draws_what_each_record_says_ran():
+    records = [StepRecord(0, "cond", stage1_blocks_run=2, stage2_blocks_run=3),
+               StepRecord(1, "cond", hit1=True, hit2=True, forced2=True, stage1_blocks_run=1, stage2_blocks_run=1),
+               StepRecord(2, "cond", d1=0.3, hit2=True, stage1_blocks_run=2, stage2_blocks_run=1)]
     mask = computed_mask(records, 2, 3)
     assert mask[:, 0].all()
     assert mask[:, 1].tolist() == [True, False, True, False, False]
     assert mask[:, 2].tolist() == [True, True, True, False, False]
     # One probe per stage-1 hit: stage 2's probe is reused too; a guard-forced call computes everything.
-    skipped = StepRecord(3, "cond", hit1=True, hit2=True, forced2=True, blocks_run=1, probe2_skipped=True)
-    forced = StepRecord(4, "cond", d1=0.01, d2=0.01, forced_full=True, blocks_run=5)
+    skipped = StepRecord(3, "cond", hit1=True, hit2=True, forced2=True, blocks_run=1, probe2_skipped=True,
+                         stage1_blocks_run=1)
+    forced = StepRecord(4, "cond", d1=0.01, d2=0.01, forced_full=True, blocks_run=5, stage1_blocks_run=2,
+                        stage2_blocks_run=3)
     mask = computed_mask([skipped, forced], 2, 3)
     assert mask[:, 0].tolist() == [True, False, False, False, False] and mask[:, 1].all()
     assert guard_forced(records + [skipped, forced]).tolist() == [False, False, False, False, True]

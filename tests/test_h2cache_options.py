@@ -130,3 +130,40 @@ def test_one_probe_per_hit_adds_what_the_whole_detail_stage_added_last_time():
             kinds.add("stage-2 reused" if record.hit2 else "computed")
             through = (out_h - in_h, out_e - in_e)
     assert "skipped" in kinds and len(kinds) >= 2, kinds
+
+
+class BlockLog:
+    """Which blocks really ran in each transformer call, by index (stage 1's blocks first)."""
+
+    def __init__(self, transformer):
+        blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+        self.calls: list[list[bool]] = []
+        self._current = [False] * len(blocks)
+        for index, block in enumerate(blocks):
+            block.attn.register_forward_pre_hook(lambda *_, i=index: self._current.__setitem__(i, True))
+        transformer.register_forward_hook(lambda *_: self._end_call())
+
+    def _end_call(self):
+        self.calls.append(self._current)
+        self._current = [False] * len(self._current)
+
+
+@pytest.mark.parametrize("options", [
+    {"tau1": 0.3, "tau2": 0.5},
+    {"tau1": 0.3, "tau2": 0.5, "independent_stage2": True},
+    {"tau1": HUGE, "tau2": HUGE, "skip_stage2_probe_on_hit": True},
+    {"tau1": 0.0, "tau2": HUGE},
+    {"tau1": HUGE, "tau2": HUGE, "warmup_steps": 2, "max_consecutive_hits": 2, "final_full_steps": 1,
+     "num_inference_steps": 8},
+], ids=["published", "independent-stage2", "one-probe", "stage2-only", "guards"])
+def test_each_record_says_which_blocks_ran(options):
+    """StepRecord.computed names exactly the blocks that executed, for every kind of decision."""
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    log = BlockLog(pipe.transformer)
+    handle = apply_h2_cache(pipe, H2CacheConfig(**options))
+    run(pipe, num_inference_steps=8, negative_prompt="", true_cfg_scale=2.0)
+    assert [r.computed(3, 4) for r in handle.trace] == log.calls
+    assert all(r.stage1_blocks_run + r.stage2_blocks_run == r.blocks_run for r in handle.trace)
+    kinds = {tuple(r.computed(3, 4)) for r in handle.trace}
+    assert len(kinds) > 1, "each configuration must mix computed and reused calls to test anything"
+    handle.remove()

@@ -21,27 +21,12 @@ def shown_context(trace: Trace) -> tuple[str, str]:
 
 
 def computed_mask(records: list[StepRecord], stage1_blocks: int, stage2_blocks: int) -> np.ndarray:
-    """Boolean (blocks, steps): True where a block was computed, False where its output was reused.
-
-    Follows the H2-Cache rules: a stage-1 hit runs only the two probes (the first block of each
-    stage), or only stage 1's with ``skip_stage2_probe_on_hit``; a stage-1 miss with a stage-2 hit
-    runs all of stage 1 and the stage-2 probe; a double miss (guard-forced calls included) runs
-    everything.
-    """
+    """Boolean (blocks, steps): True where a block was computed, False where its output was reused,
+    as each record says (:meth:`h2cache.trace.StepRecord.computed`)."""
     mask = np.ones((stage1_blocks + stage2_blocks, len(records)), dtype=bool)
     for column, record in enumerate(records):
-        if record.hit1:
-            mask[1:stage1_blocks, column] = False
-        if stage2_probe_skipped(record):
-            mask[stage1_blocks, column] = False
-        if record.hit1 or record.hit2:
-            mask[stage1_blocks + 1:, column] = False
+        mask[:, column] = record.computed(stage1_blocks, stage2_blocks)
     return mask
-
-
-def stage2_probe_skipped(record: StepRecord) -> bool:
-    """A stage-1 hit that skipped stage 2's probe too (skip_stage2_probe_on_hit)."""
-    return record.probe2_skipped
 
 
 def guard_forced(records: list[StepRecord]) -> np.ndarray:
@@ -51,7 +36,7 @@ def guard_forced(records: list[StepRecord]) -> np.ndarray:
 
 def decision_text(record: StepRecord) -> str:
     """One line on what the cached run did at this step."""
-    if stage2_probe_skipped(record):
+    if record.probe2_skipped:
         return "reused stage 1 and (forced) stage 2: only the stage-1 probe block ran"
     if record.hit1:
         return "reused stage 1 and (forced) stage 2: only the 2 probe blocks ran"
