@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
-from diffusers.hooks._helpers import TransformerBlockRegistry
-from diffusers.utils.torch_utils import unwrap_module
+from diffusers.hooks.hooks import BaseState
 
 from .config import H2CacheConfig
+from .hook_machinery import (ContextStateManager, StatefulBlockHook, detach_hooks, install_reset, refuse_stacking,
+                             remove_reset, transformer_of)
 from .pfs import pfs_distance, pfs_kernel, pfs_thumbnail
 from .pfs_views import PFSViews
 from .stages import StageSplit, resolve_stages
@@ -39,7 +39,6 @@ from .trace import StepRecord, Trace
 _ROOT_HOOK = "h2cache_root"
 _PROBE_HOOK = "h2cache_probe"
 _BLOCK_HOOK = "h2cache_block"
-DEFAULT_CONTEXT = "default"
 
 
 class _StageState:
@@ -68,38 +67,6 @@ class H2CacheState(BaseState):
 
     def reset(self) -> None:
         self.__init__()
-
-
-class ContextStateManager(StateManager):
-    """A diffusers ``StateManager`` that falls back to one default context.
-
-    FluxPipeline names its calls with ``transformer.cache_context('cond'|'uncond')``;
-    SD3's pipeline and direct transformer calls set no context, and all share one
-    (diffusers' own manager raises there). Public so other caches built on the same
-    hooks (``h2cache.methods.teacache``) share the behaviour.
-
-    Example:
-        >>> from dataclasses import dataclass
-        >>> @dataclass
-        ... class Counter:
-        ...     calls: int = 0
-        >>> manager = ContextStateManager(Counter)
-        >>> manager.context_name
-        'default'
-        >>> manager.get_state().calls += 1
-        >>> manager.get_state().calls
-        1
-    """
-
-    @property
-    def context_name(self) -> str:
-        return self._context.name if self._context is not None else DEFAULT_CONTEXT
-
-    def get_state(self) -> H2CacheState:
-        name = self.context_name
-        if name not in self._state_cache:
-            self._state_cache[name] = self._state_cls(*self._init_args, **self._init_kwargs)
-        return self._state_cache[name]
 
 
 def _streams(output: Any, meta) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -193,30 +160,6 @@ class H2RootHook(ModelHook):
         # that call stays readable until the next call starts.
         self.state_manager.reset()
         self._new_run = True
-        return module
-
-
-class StatefulBlockHook(ModelHook):
-    """Base of the hooks on transformer blocks, for H2-Cache and caches built the same way (TeaCache here).
-
-    Keeps the shared :class:`ContextStateManager`, reads the block's stream layout from diffusers'
-    ``TransformerBlockRegistry`` when attached (``self._meta``), and forgets every context's state when the
-    pipeline resets stateful hooks at the end of a call.
-    """
-
-    _is_stateful = True
-
-    def __init__(self, state_manager: ContextStateManager) -> None:
-        super().__init__()
-        self.state_manager = state_manager
-        self._meta = None
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
-        return module
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
         return module
 
 
@@ -357,21 +300,6 @@ class H2BlockHook(StatefulBlockHook):
         return output
 
 
-def detach_hooks(transformer: torch.nn.Module, names: tuple[str, ...], created: list[torch.nn.Module]) -> None:
-    """Remove the named hooks from `transformer` and its blocks, and the hook registries we created there.
-
-    Registries that existed before stay (other caches or user hooks live in them); ours are deleted once
-    empty, so the modules end up exactly as they were before the cache was applied.
-    """
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    for name in names:
-        registry.remove_hook(name, recurse=True)
-    registry.invalidate_child_registries_cache()
-    for module in created:
-        if hasattr(module, "_diffusers_hook") and not module._diffusers_hook.hooks:
-            del module._diffusers_hook
-
-
 class H2CacheHandle:
     """What :func:`apply_h2_cache` returns: the trace of the latest pipeline call, and the way back.
 
@@ -391,6 +319,7 @@ class H2CacheHandle:
         self.trace = trace
         self.pfs = pfs if pfs is not None else PFSViews()
         self._created = created_registries
+        self._installed_reset = False
         self.removed = False
 
     def reset(self) -> None:
@@ -403,8 +332,8 @@ class H2CacheHandle:
         if self.removed:
             return
         detach_hooks(self.transformer, (_ROOT_HOOK, _PROBE_HOOK, _BLOCK_HOOK), self._created)
-        if isinstance(vars(self.transformer).get("_reset_stateful_cache"), _ResetOnPipelineEnd):
-            del self.transformer._reset_stateful_cache
+        if self._installed_reset:
+            remove_reset(self.transformer)
         self.removed = True
 
     def __enter__(self) -> H2CacheHandle:
@@ -418,20 +347,8 @@ class H2CacheHandle:
         return f"H2CacheHandle({state}, {self.config}, {self.split.describe()})"
 
 
-def _transformer_of(pipe_or_transformer: Any) -> torch.nn.Module:
-    if isinstance(pipe_or_transformer, torch.nn.Module):
-        return pipe_or_transformer
-    transformer = getattr(pipe_or_transformer, "transformer", None)
-    if isinstance(transformer, torch.nn.Module):
-        return transformer
-    raise TypeError(
-        "apply_h2_cache expects a diffusers pipeline with a .transformer or a transformer module, "
-        f"got {type(pipe_or_transformer).__name__}"
-    )
-
-
 def is_h2_cache_applied(pipe_or_transformer: Any) -> bool:
-    registry = getattr(_transformer_of(pipe_or_transformer), "_diffusers_hook", None)
+    registry = getattr(transformer_of(pipe_or_transformer), "_diffusers_hook", None)
     return registry is not None and registry.get_hook(_ROOT_HOOK) is not None
 
 
@@ -465,20 +382,14 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
 
         ```
     """
-    transformer = _transformer_of(pipe_or_transformer)
+    transformer = transformer_of(pipe_or_transformer)
     if config is None:
         config = H2CacheConfig()
     if not isinstance(config, H2CacheConfig):
         raise TypeError(f"config must be an H2CacheConfig, got {type(config).__name__}")
     config.validate()
     split = resolve_stages(transformer, config.stage_split)
-    if is_h2_cache_applied(transformer):
-        raise ValueError("H2-Cache is already applied to this transformer; call handle.remove() before applying it again")
-    if getattr(transformer, "_cache_config", None) is not None:
-        raise ValueError(
-            f"the transformer already has a diffusers cache ({type(transformer._cache_config).__name__}); "
-            "call transformer.disable_cache() first"
-        )
+    refuse_stacking(transformer, "H2-Cache")
 
     state_manager = ContextStateManager(H2CacheState)
     trace = Trace()
@@ -496,18 +407,5 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
     # cache_context() walks a cached list of child registries; it must see the new block hooks.
     root.invalidate_child_registries_cache()
     handle = H2CacheHandle(transformer, config, split, trace, created, views)
-    if not hasattr(transformer, "_reset_stateful_cache"):
-        # Pipelines reset stateful hooks at the end of each call only on models with diffusers'
-        # CacheMixin (FLUX has it, SD3 does not); without this, state would leak into the next call.
-        transformer._reset_stateful_cache = _ResetOnPipelineEnd(handle)
+    handle._installed_reset = install_reset(transformer)  # SD3 has no CacheMixin to reset hooks after a call
     return handle
-
-
-class _ResetOnPipelineEnd:
-    """Stands in for CacheMixin._reset_stateful_cache on models that lack it; removed with the cache."""
-
-    def __init__(self, handle: H2CacheHandle) -> None:
-        self.handle = handle
-
-    def __call__(self, recurse: bool = True) -> None:
-        self.handle.reset()

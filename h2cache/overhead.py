@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 
 from .config import H2CacheConfig
-from .hooks import H2CacheState, H2ProbeHook, ContextStateManager, apply_h2_cache
+from .hook_machinery import ContextStateManager
+from .hooks import H2CacheState, H2ProbeHook, apply_h2_cache
 
 FLUX_DIM, FLUX_HEADS, FLUX_DOUBLE, FLUX_SINGLE = 3072, 24, 19, 38
 FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS = 4096, 512

@@ -118,7 +118,7 @@ def run_check(preset_name: str, work: Path, settings_path: Path | None = None, s
     from .job import register_models, run_job
     from .models import ModelRegistry
     from .settings import DEFAULT_SETTINGS_PATH, load_settings
-    from .validation import validate_request
+    from .validation import OPTION_INPUTS, validate_request
 
     preset = PRESETS[preset_name] if steps is None else replace(PRESETS[preset_name], steps=int(steps))
     cuda = preset.device == "cuda"
@@ -161,7 +161,7 @@ def run_check(preset_name: str, work: Path, settings_path: Path | None = None, s
         "prompt": PROMPT, "model": FLUX_DEV, "seed": 0, "steps": preset.steps, "width": preset.size,
         "height": preset.size, "tau1": spec.tau1, "tau2": spec.tau2,
         "pool_size_stage1": settings.defaults.pool_size_stage1, "pool_size_stage2": settings.defaults.pool_size_stage2,
-        "warmup_steps": 0, "max_consecutive_hits": 0, "final_full_steps": 0, "skip_stage2_probe_on_hit": False,
+        **{f.name: f.default for f in OPTION_INPUTS},  # the options off, as in the library
     })
     if cuda:
         torch.cuda.synchronize()

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..hook_machinery import refuse_stacking, transformer_of
 from .calibration import CalibrationStore, model_fingerprint, model_key
 from .meter import BlockMeter, FlopTable, MethodRecord, MethodTrace
 from .settings import Setting, validate_settings
@@ -105,17 +106,14 @@ class Method:
             TypeError: the model lacks what the method needs.
         """
         values = self.validate(**settings)
-        transformer = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
-        if not isinstance(transformer, torch.nn.Module):
-            raise TypeError(f"expected a diffusers pipeline with a .transformer or a transformer module, "
-                            f"got {type(pipe_or_transformer).__name__}")
+        transformer = transformer_of(pipe_or_transformer)
         if num_inference_steps is None:
             from ..pipelines import generation_defaults
 
             num_inference_steps = int(generation_defaults(pipe_or_transformer).get("num_inference_steps", 28))
         if not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-        _refuse_stacking(transformer)
+        refuse_stacking(transformer, self.name)
         meter = BlockMeter(transformer, flops).attach()
         context = ApplyContext(pipe_or_transformer, transformer, num_inference_steps,
                                calibration or CalibrationStore(), meter)
@@ -125,17 +123,6 @@ class Method:
             meter.detach()
             raise
         return MethodHandle(self, values, meter, attachment)
-
-
-def _refuse_stacking(transformer: torch.nn.Module) -> None:
-    """Caches applied outside the registry would silently combine with ours; refuse up front."""
-    from ..hooks import is_h2_cache_applied
-
-    if getattr(transformer, "_cache_config", None) is not None:
-        raise ValueError(f"the transformer already has a diffusers cache ({type(transformer._cache_config).__name__}); "
-                         "call transformer.disable_cache() first")
-    if is_h2_cache_applied(transformer):
-        raise ValueError("H2-Cache is already applied to this transformer; call its handle.remove() first")
 
 
 class MethodHandle:

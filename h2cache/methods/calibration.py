@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ..hook_machinery import transformer_of
+
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 
 
@@ -33,7 +35,7 @@ def model_key(pipe_or_transformer: Any) -> str:
     name = getattr(pipe_or_transformer, "_h2cache_model", None)
     if name:
         return str(name)
-    transformer = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
+    transformer = transformer_of(pipe_or_transformer)
     config = getattr(transformer, "config", None)
     path = getattr(config, "_name_or_path", None) if config is not None else None
     return str(path) if path else type(transformer).__name__

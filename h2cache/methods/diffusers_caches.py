@@ -20,7 +20,6 @@ from typing import Any, Sequence
 
 import torch
 
-from ..hooks import is_h2_cache_applied
 from .base import ApplyContext, Attachment
 from .calibration import prompt_hashes
 
@@ -43,8 +42,6 @@ def _require_cache_mixin(context: ApplyContext, method: str) -> torch.nn.Module:
     if not hasattr(transformer, "enable_cache"):
         raise TypeError(f"{method} goes through diffusers' transformer.enable_cache(), which "
                         f"{type(transformer).__name__} does not have (no CacheMixin)")
-    if is_h2_cache_applied(transformer):
-        raise ValueError(f"H2-Cache is applied to this transformer; remove it before applying {method}")
     return transformer
 
 

@@ -39,7 +39,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from ..hooks import DEFAULT_CONTEXT
+from ..hook_machinery import DEFAULT_CONTEXT, install_reset, remove_reset
 from ..stages import resolve_stages
 from ..trace import RecordList
 
@@ -166,16 +166,6 @@ class _MeterRootHook(ModelHook):
         return module
 
 
-class _ResetOnPipelineEnd:
-    """CacheMixin's end-of-call reset, for transformers without it (SD3): ends the meter's run."""
-
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        self.transformer = transformer
-
-    def __call__(self, recurse: bool = True) -> None:
-        HookRegistry.check_if_exists_or_initialize(self.transformer).reset_stateful_hooks(recurse=recurse)
-
-
 class BlockMeter:
     """Counts blocks run and block FLOPs per transformer call.
 
@@ -224,9 +214,7 @@ class BlockMeter:
         for index, (attn, work) in enumerate(self.probes):
             self._handles.append(attn.register_forward_pre_hook(self._probe(index, 0)))
             self._handles.append(work.register_forward_pre_hook(self._probe(index, 1)))
-        if not hasattr(self.transformer, "_reset_stateful_cache"):
-            self.transformer._reset_stateful_cache = _ResetOnPipelineEnd(self.transformer)
-            self._installed_reset = True
+        self._installed_reset = install_reset(self.transformer)
         self.attached = True
         return self
 
@@ -241,8 +229,8 @@ class BlockMeter:
         registry.invalidate_child_registries_cache()
         if self._created_registry and not registry.hooks:
             del self.transformer._diffusers_hook
-        if self._installed_reset and isinstance(vars(self.transformer).get("_reset_stateful_cache"), _ResetOnPipelineEnd):
-            del self.transformer._reset_stateful_cache
+        if self._installed_reset:
+            remove_reset(self.transformer)
         self.attached = False
 
     # -- what other hooks may ask ---------------------------------------------------------------------

@@ -49,7 +49,7 @@ from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import BaseState
 from diffusers.utils.torch_utils import unwrap_module
 
-from ..hooks import ContextStateManager, StatefulBlockHook, detach_hooks
+from ..hook_machinery import ContextStateManager, StatefulBlockHook, detach_hooks, refuse_stacking
 from .calibration import prompt_hashes
 from .guards import Guards
 
@@ -266,9 +266,7 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaC
     blocks = teacache_blocks(transformer)
     if any(getattr(getattr(b, "_diffusers_hook", None), "hooks", {}) for b in blocks):
         raise ValueError("the transformer's blocks already carry cache hooks; remove that cache before TeaCache")
-    if getattr(transformer, "_cache_config", None) is not None:
-        raise ValueError(f"the transformer already has a diffusers cache ({type(transformer._cache_config).__name__}); "
-                         "call transformer.disable_cache() first")
+    refuse_stacking(transformer, "TeaCache")
     state_manager = ContextStateManager(TeaCacheState)
     decisions: list[TeaCacheDecision] = []
     created = [m for m in (transformer, *blocks) if not hasattr(m, "_diffusers_hook")]
