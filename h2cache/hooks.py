@@ -22,6 +22,7 @@ last residual instead of running its probe.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,12 +48,78 @@ class _StageState:
         self.ref_step: int | None = None  # the step of that miss
         self.residual: tuple[torch.Tensor | None, torch.Tensor | None] | None = None  # (image, text) added on a hit
         self.head_output: tuple[torch.Tensor, torch.Tensor | None] | None = None  # probe output during a miss
-        # skip_stage2_probe_on_hit only: the probe's input this call, and what the whole stage added last time.
-        self.head_input: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self.through: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.hit = False
         # Whether the stage's blocks return a tuple of streams or one tensor (HiDream's wrapper does either).
         self.tuple_output = True
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What tells the paper's two stages apart; the hooks read this instead of branching on a stage index.
+
+    Attributes:
+        index: 0 for the structure stage, 1 for the detail stage (``number`` counts from 1, as the paper does).
+        threshold, pool_size: the :class:`H2CacheConfig` fields of its threshold and PFS pool size.
+        joint_signal: the probe signal is ``[text; image]`` residuals (detail), or the image stream alone.
+        follows_structure: a structure-stage hit makes this stage hit too (unless ``independent_stage2``).
+        distance_field, hit_field, forced_field: where its decision goes in a :class:`StepRecord`.
+    """
+
+    index: int
+    threshold: str
+    pool_size: str
+    joint_signal: bool
+    follows_structure: bool
+    distance_field: str
+    hit_field: str
+    forced_field: str | None
+
+    @property
+    def number(self) -> int:
+        return self.index + 1
+
+    def record(self, record: StepRecord, distance: float | None, hit: bool, forced: bool) -> None:
+        setattr(record, self.distance_field, distance)
+        setattr(record, self.hit_field, hit)
+        if self.forced_field:
+            setattr(record, self.forced_field, forced)
+
+
+STAGES = (
+    StageSpec(0, "tau1", "pool_size_stage1", joint_signal=False, follows_structure=False,
+              distance_field="d1", hit_field="hit1", forced_field=None),
+    StageSpec(1, "tau2", "pool_size_stage2", joint_signal=True, follows_structure=True,
+              distance_field="d2", hit_field="hit2", forced_field="forced2"),
+)
+
+
+class WholeStageResidual:
+    """The option ``skip_stage2_probe_on_hit``: what the whole detail stage added the last time its probe ran.
+
+    A structure hit then adds it to the detail stage's input without running the probe (one block per hit,
+    as FirstBlockCache runs). Kept apart from the published path: nothing here is read when the option is off.
+    """
+
+    def __init__(self) -> None:
+        self.probe_input: tuple[torch.Tensor, torch.Tensor | None] | None = None  # during a miss that runs on
+        self.added: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def ready(self) -> bool:
+        return self.added is not None
+
+    def apply(self, hidden_in: torch.Tensor, encoder_in: torch.Tensor | None):
+        hidden, encoder = self.added
+        return hidden_in + hidden, None if encoder is None or encoder_in is None else encoder_in + encoder
+
+    def remember(self, inputs: tuple, outputs: tuple) -> None:
+        """The stage ran from `inputs` to `outputs` (its probe with a hit, or a one-block stage)."""
+        self.added = (outputs[0] - inputs[0], _sub(outputs[1], inputs[1]))
+
+    def finish(self, outputs: tuple) -> None:
+        """The stage's last block ran on a miss: the whole stage added `outputs` minus the probe's input."""
+        if self.probe_input is not None:
+            self.remember(self.probe_input, outputs)
+            self.probe_input = None
 
 
 class H2CacheState(BaseState):
@@ -60,6 +127,7 @@ class H2CacheState(BaseState):
 
     def __init__(self) -> None:
         self.stages = (_StageState(), _StageState())
+        self.whole_detail = WholeStageResidual()  # skip_stage2_probe_on_hit only
         self.step = 0
         self.record: StepRecord | None = None
         self.streak = 0  # calls in a row that reused anything (max_consecutive_hits)
@@ -170,54 +238,49 @@ class H2ProbeHook(StatefulBlockHook):
                  views: PFSViews | None = None) -> None:
         super().__init__(state_manager)
         self.config = config
-        self.stage = stage
+        self.spec = STAGES[stage]
         self.is_tail = is_tail  # a one-block stage: nothing after the probe to skip
         self.views = views if views is not None else PFSViews()
+
+    def _one_probe(self) -> bool:
+        # Read at every call: the config may be edited between pipeline calls.
+        return self.spec.follows_structure and self.config.skip_stage2_probe_on_hit
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_in, encoder_in = _inputs(self._meta, args, kwargs)
         state = self.state_manager.get_state()
-        stage = state.stages[self.stage]
+        stage = state.stages[self.spec.index]
         record = state.record
-        if record is not None and self._skips_probe(state):
+        one_probe = record is not None and self._one_probe()
+        if one_probe and state.stages[0].hit and state.whole_detail.ready():
             stage.hit = True
-            record.d2, record.hit2, record.forced2, record.probe2_skipped = None, True, True, True
-            through_hidden, through_encoder = stage.through
-            encoder = None if through_encoder is None or encoder_in is None else encoder_in + through_encoder
-            return _skipped(self._meta, stage.tuple_output, hidden_in + through_hidden, encoder)
+            self.spec.record(record, None, True, True)
+            record.probe2_skipped = True
+            return _skipped(self._meta, stage.tuple_output, *state.whole_detail.apply(hidden_in, encoder_in))
         output = self.fn_ref.original_forward(*args, **kwargs)
         if record is None:  # the block was called outside a transformer call: stay out of the way
             return output
         stage.tuple_output = isinstance(output, tuple)
-        record.ran(self.stage + 1)
+        record.ran(self.spec.number)
         hidden_out, encoder_out = _streams(output, self._meta)
         distance, hit, forced = self.decide(state, hidden_in, encoder_in, hidden_out, encoder_out)
-        if self.stage == 0:
-            record.d1, record.hit1 = distance, hit
-        else:
-            record.d2, record.hit2, record.forced2 = distance, hit, forced
-        keep_through = self.stage == 1 and self.config.skip_stage2_probe_on_hit
-
+        self.spec.record(record, distance, hit, forced)
+        inputs = (hidden_in, encoder_in)
         if hit:
             res_hidden, res_encoder = stage.residual
             hidden_out, encoder_out = _add(hidden_out, res_hidden), _add(encoder_out, res_encoder)
-            if keep_through:
-                stage.through = (hidden_out - hidden_in, _sub(encoder_out, encoder_in))
+            if one_probe:
+                state.whole_detail.remember(inputs, (hidden_out, encoder_out))
             return _pack(output, self._meta, hidden_out, encoder_out)
         if self.is_tail:
             stage.residual = (None, None)
-            if keep_through:
-                stage.through = (hidden_out - hidden_in, _sub(encoder_out, encoder_in))
+            if one_probe:
+                state.whole_detail.remember(inputs, (hidden_out, encoder_out))
         else:
             stage.head_output = (hidden_out, encoder_out)
-            if keep_through:
-                stage.head_input = (hidden_in, encoder_in)
+            if one_probe:
+                state.whole_detail.probe_input = inputs
         return output
-
-    def _skips_probe(self, state: H2CacheState) -> bool:
-        """skip_stage2_probe_on_hit: stage 1 hit and stage 2 has a whole-stage residual to add."""
-        return (self.stage == 1 and self.config.skip_stage2_probe_on_hit and state.stages[0].hit
-                and state.stages[1].through is not None)
 
     def decide(self, state: H2CacheState, hidden_in: torch.Tensor, encoder_in: torch.Tensor | None,
                hidden_out: torch.Tensor, encoder_out: torch.Tensor | None) -> tuple[float | None, bool, bool]:
@@ -226,20 +289,20 @@ class H2ProbeHook(StatefulBlockHook):
         This is all the work H2-Cache adds to a call besides running the probe block, so the overhead
         benchmark (``python -m h2cache.overhead``) times exactly this method.
         """
-        stage = state.stages[self.stage]
-        if self.stage == 1 and state.stages[0].hit and not self.config.independent_stage2 and stage.residual is not None:
+        spec, stage = self.spec, state.stages[self.spec.index]
+        if (spec.follows_structure and state.stages[0].hit and not self.config.independent_stage2
+                and stage.residual is not None):
             stage.hit = True
             return None, True, True
-        if self.stage == 0 or encoder_out is None:
-            signal = hidden_out - hidden_in
-        else:
+        if spec.joint_signal and encoder_out is not None:
             signal = torch.cat([encoder_out - encoder_in, hidden_out - hidden_in], dim=1)
+        else:
+            signal = hidden_out - hidden_in
         thumb = self._summarise(signal)
         distance = None
         if stage.ref is not None and stage.residual is not None and stage.ref.shape == thumb.shape:
             distance = self._distance(stage.ref, thumb)
-        tau = self.config.tau1 if self.stage == 0 else self.config.tau2
-        hit = distance is not None and distance < tau and not state.force_full
+        hit = distance is not None and distance < getattr(self.config, spec.threshold) and not state.force_full
         if self.views.enabled and state.record is not None:
             reference_step = stage.ref_step if distance is not None else None
             self._record_view(state, signal, hidden_out.shape[1], thumb, distance, reference_step, hit)
@@ -249,13 +312,13 @@ class H2ProbeHook(StatefulBlockHook):
         return distance, hit, False
 
     def _pool_size(self) -> int:
-        return self.config.pool_size_stage1 if self.stage == 0 else self.config.pool_size_stage2
+        return getattr(self.config, self.spec.pool_size)
 
     def _record_view(self, state: H2CacheState, signal: torch.Tensor, image_tokens: int, thumb: torch.Tensor,
                      distance: float | None, reference_step: int | None, hit: bool) -> None:
         _, n, c = signal.shape
         kernel = 1 if self.config.full_residual_distance else pfs_kernel(n, c, self._pool_size())
-        self.views.record(step=state.step, context=self.state_manager.context_name, stage=self.stage + 1,
+        self.views.record(step=state.step, context=self.state_manager.context_name, stage=self.spec.number,
                           signal=signal, image_tokens=image_tokens, thumbnail=thumb, pool_size=self._pool_size(),
                           kernel=kernel, distance=distance, reference_step=reference_step, hit=hit)
 
@@ -275,28 +338,26 @@ class H2BlockHook(StatefulBlockHook):
 
     def __init__(self, state_manager: ContextStateManager, stage: int, is_tail: bool) -> None:
         super().__init__(state_manager)
-        self.stage = stage
+        self.spec = STAGES[stage]
         self.is_tail = is_tail
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state = self.state_manager.get_state()
-        stage = state.stages[self.stage]
+        stage = state.stages[self.spec.index]
         if state.record is not None and stage.hit:
             hidden_in, encoder_in = _inputs(self._meta, args, kwargs)
             return _skipped(self._meta, stage.tuple_output, hidden_in, encoder_in)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if state.record is None:
             return output
-        state.record.ran(self.stage + 1)
+        state.record.ran(self.spec.number)
         if self.is_tail and stage.head_output is not None:
             hidden_out, encoder_out = _streams(output, self._meta)
             head_hidden, head_encoder = stage.head_output
             stage.residual = (hidden_out - head_hidden, _sub(encoder_out, head_encoder))
             stage.head_output = None
-            if stage.head_input is not None:  # skip_stage2_probe_on_hit: the whole stage's residual too
-                in_hidden, in_encoder = stage.head_input
-                stage.through = (hidden_out - in_hidden, _sub(encoder_out, in_encoder))
-                stage.head_input = None
+            if self.spec.follows_structure:
+                state.whole_detail.finish((hidden_out, encoder_out))
         return output
 
 
