@@ -29,7 +29,7 @@ def embedded_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def app_server(embedded_model_dir: Path):
     """`python app.py` on a free port, for the whole session."""
-    from ui.local_server import LocalApp
+    from devtools.local_server import LocalApp
 
     env = {"H2CACHE_EMBEDDED_MODEL": str(embedded_model_dir),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),

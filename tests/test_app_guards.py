@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ui.local_server import LocalApp
+from devtools.local_server import LocalApp
 
 gradio_client = pytest.importorskip("gradio_client")
 

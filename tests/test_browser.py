@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ui.browser import CHROMIUM, launch_chromium, run_comparison_in_page, set_number
+from devtools.browser import CHROMIUM, launch_chromium, run_comparison_in_page, set_number
 
 sync_api = pytest.importorskip("playwright.sync_api")
 # CI installs Chromium (.ci/run), so there a missing browser is a failure, not a skip.

@@ -1,4 +1,4 @@
-"""The FLUX.1 check script's code path (python -m ui.flux_check), at its tiny CPU preset."""
+"""The FLUX.1 check script's code path (python -m devtools.flux_check), at its tiny CPU preset."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ui.flux_check import main, run_check
+from devtools.flux_check import main, run_check
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """Boot check of the ZeroGPU Space: `python app.py` started as a Space starts it, with a stand-in `spaces`.
 
-A local FLUX.1-shaped pipeline with random weights (ui.flux_check's tiny preset) stands in for the hub
+A local FLUX.1-shaped pipeline with random weights (devtools.flux_check's tiny preset) stands in for the hub
 id, on the CPU. The stand-in `spaces` (tests/space_standin) writes down every pipeline load and every
 GPU call, so the test can check what ZeroGPU needs: all models loaded at startup in the main process,
 none inside a GPU call, and a GPU call sized to the request.
@@ -18,8 +18,8 @@ import yaml
 
 from h2cache.pipelines import write_generation_defaults
 from ui.callbacks import OUTPUT_FIELDS
-from ui.flux_check import PRESETS, build_pipeline
-from ui.local_server import ROOT, LocalApp
+from devtools.flux_check import PRESETS, build_pipeline
+from devtools.local_server import ROOT, LocalApp
 from ui.settings import load_settings
 
 gradio_client = pytest.importorskip("gradio_client")

@@ -1,6 +1,6 @@
 """Save a full-page screenshot of the app after a real comparison.
 
-    python -m ui.screenshot [--out docs/screenshot.png] [--url http://127.0.0.1:7860/]
+    python -m devtools.screenshot [--out docs/screenshot.png] [--url http://127.0.0.1:7860/]
 
 Without --url it starts app.py on a free port (H2CACHE_EMBEDDED_MODEL is passed through).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .browser import launch_chromium, run_comparison_in_page
 from .local_server import ROOT, LocalApp
-from .settings import load_settings
+from ui.settings import load_settings
 
 
 def take_screenshot(url: str, out: Path, prompt: str, steps: int | None = None, **numbers: float) -> Path:

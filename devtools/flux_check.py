@@ -10,9 +10,9 @@ The text encoders are stand-ins with FLUX.1's output widths (T5: 4096, CLIP: 768
 so the time to encode the prompt with the real T5-XXL (a fraction of a second on a GPU) is left out.
 Random weights make random images; the point is the time and the memory of the code path.
 
-    python -m ui.flux_check                      # FLUX.1-dev shape, 1024x1024, bf16, 28 steps (GPU)
-    python -m ui.flux_check --steps 50           # the longest FLUX.1-dev request the app allows
-    python -m ui.flux_check --preset tiny        # the same code path in seconds on a CPU
+    python -m devtools.flux_check                      # FLUX.1-dev shape, 1024x1024, bf16, 28 steps (GPU)
+    python -m devtools.flux_check --steps 50           # the longest FLUX.1-dev request the app allows
+    python -m devtools.flux_check --preset tiny        # the same code path in seconds on a CPU
 
 Prints a table and writes it as JSON (``--out``).
 """
@@ -114,11 +114,11 @@ def _gib(n: int) -> float:
 
 
 def run_check(preset_name: str, work: Path, settings_path: Path | None = None, steps: int | None = None) -> dict[str, Any]:
-    from .callbacks import build_outputs
-    from .job import register_models, run_job
-    from .models import ModelRegistry
-    from .settings import DEFAULT_SETTINGS_PATH, load_settings
-    from .validation import OPTION_INPUTS, validate_request
+    from ui.callbacks import build_outputs
+    from ui.job import register_models, run_job
+    from ui.models import ModelRegistry
+    from ui.settings import DEFAULT_SETTINGS_PATH, load_settings
+    from ui.validation import OPTION_INPUTS, validate_request
 
     preset = PRESETS[preset_name] if steps is None else replace(PRESETS[preset_name], steps=int(steps))
     cuda = preset.device == "cuda"
@@ -200,7 +200,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ui.flux_check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.flux_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=tuple(PRESETS), default="flux-dev")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the preset's; FLUX.1-dev 28)")

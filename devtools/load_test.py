@@ -1,4 +1,4 @@
-"""A bounded load test of the app: ``python -m ui.load_test --help``.
+"""A bounded load test of the app: ``python -m devtools.load_test --help``.
 
 Starts ``python app.py`` on a free 127.0.0.1 port (or uses ``--url``, which must be a loopback
 address), sends a fixed number of /generate requests through gradio_client like any API user, prints
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from .callbacks import OUTPUT_FIELDS
+from ui.callbacks import OUTPUT_FIELDS
 from .local_server import LocalApp
 
 PROMPT = "a large red circle at the center on a striped blue background"
@@ -154,7 +154,7 @@ def print_reports(reports: list[Report], args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ui.load_test", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devtools.load_test", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=("sequential", "burst", "speedup"))
     p.add_argument("--requests", type=int, default=20, help="requests to send (default: 20)")
