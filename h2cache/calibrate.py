@@ -346,7 +346,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .bench.prompt_split import split_prompts
+    from .prompt_split import split_prompts
     from .pipelines import load_pipeline
 
     args = _parse(argv)

@@ -287,7 +287,7 @@ class H2ProbeHook(StatefulBlockHook):
         """The per-call decision of this stage: (distance or None, hit, forced). Refreshes the reference on a miss.
 
         This is all the work H2-Cache adds to a call besides running the probe block, so the overhead
-        benchmark (``python -m h2cache.overhead``) times exactly this method.
+        benchmark (``python -m bench.overhead``) times exactly this method.
         """
         spec, stage = self.spec, state.stages[self.spec.index]
         if (spec.follows_structure and state.stages[0].hit and not self.config.independent_stage2

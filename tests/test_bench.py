@@ -1,4 +1,4 @@
-"""python -m h2cache.bench: CLI, outputs, reproducibility, and sharding over 2 CPU processes with accelerate."""
+"""python -m bench: CLI, outputs, reproducibility, and sharding over 2 CPU processes with accelerate."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from h2cache.bench import BenchConfig, expand_variants, parse_config, parse_grid, read_prompts
-from h2cache.bench.runner import TIME_FIELDS
+from bench import BenchConfig, expand_variants, parse_config, parse_grid, read_prompts
+from bench.runner import TIME_FIELDS
 from h2cache.methods.calibration import prompt_hashes
 from h2cache.pipelines import EMBEDDED_MODEL_DIR
 
@@ -56,7 +56,7 @@ def without_times(rows):
 
 
 def test_help_lists_methods_and_grids():
-    out = subprocess.run([sys.executable, "-m", "h2cache.bench", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True,
                          env=ENV, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     for text in ("--prompts", "--steps", "--seeds", "--methods", "--grid", "--warmup", "--repeats",
@@ -81,17 +81,17 @@ def test_grid_parsing_checks_names_and_ranges():
 
 
 def test_shipped_prompt_sets():
-    embedded = read_prompts(ROOT / "h2cache/prompts/embedded.txt")
+    embedded = read_prompts(ROOT / "bench/prompts/embedded.txt")
     assert len(embedded) >= 16
     from h2cache.scenes import parse_prompt
 
     assert all(parse_prompt(p).is_held_out() for p in embedded)  # never seen in training
-    text = read_prompts(ROOT / "h2cache/prompts/cute_text.txt")
+    text = read_prompts(ROOT / "bench/prompts/cute_text.txt")
     assert 70 <= len(text) <= 90 and all('"' in p for p in text)
 
 
 def test_tiny_benchmark_writes_everything_and_reproduces(tiny_model_dir, prompts_file, tmp_path):
-    from h2cache.bench import main
+    from bench import main
 
     calibration = tmp_path / "calibration.json"
     first = main(tiny_args(tiny_model_dir, prompts_file, tmp_path / "a", calibration))
@@ -141,7 +141,7 @@ def test_accelerate_shards_over_two_cpu_processes(tiny_model_dir, prompts_file, 
                      "--no-plots", "--no-decision-cost")
     # On a machine without GPUs, --multi_gpu is what makes accelerate start torchrun-style processes.
     command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "h2cache.bench", *args]
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bench", *args]
     done = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     sharded = json.loads((tmp_path / "sharded" / "results.json").read_text())
@@ -150,7 +150,7 @@ def test_accelerate_shards_over_two_cpu_processes(tiny_model_dir, prompts_file, 
     assert [json.loads(p.read_text())["rank"] for p in shards] == [0, 1]
     assert all(json.loads(p.read_text())["rows"] for p in shards)
 
-    from h2cache.bench import main
+    from bench import main
 
     single = main(tiny_args(tiny_model_dir, prompts_file, tmp_path / "single", calibration, "--no-plots",
                             "--no-decision-cost"))
@@ -158,7 +158,7 @@ def test_accelerate_shards_over_two_cpu_processes(tiny_model_dir, prompts_file, 
 
 
 def test_embedded_model_smoke(tmp_path):
-    from h2cache.bench import main
+    from bench import main
 
     model = EMBEDDED_MODEL_DIR  # ships with the project: a missing model fails here
     assert (model / "model_index.json").exists(), f"embedded model missing at {model}"
@@ -176,7 +176,7 @@ def test_embedded_model_smoke(tmp_path):
 
 
 def test_auto_grid_gives_every_method_one_point_per_target(tiny_model_dir, prompts_file, tmp_path):
-    from h2cache.bench import main
+    from bench import main
 
     targets = (0.8, 0.5)
     results = main(["--model", str(tiny_model_dir), "--prompts", str(prompts_file), "--num-prompts", "1",
@@ -213,7 +213,7 @@ def test_flux_scale_check_pins_block_patterns_and_exactness(tmp_path):
     runs the two probes, a miss every block)."""
     import json
 
-    from h2cache.bench import flux_scale
+    from bench import flux_scale
 
     steps = 5
     assert flux_scale.main(["--config", "tiny", "--device", "cpu", "--steps", str(steps), "--repeats", "1",

@@ -1,13 +1,13 @@
-"""One grid rule for every method and variant (h2cache.bench.autogrid), on synthetic share curves."""
+"""One grid rule for every method and variant (bench.autogrid), on synthetic share curves."""
 
 from __future__ import annotations
 
 import pytest
 
-from h2cache.bench.autogrid import OFF_TARGET, Score, knob_for, select_grids
+from bench.autogrid import OFF_TARGET, Score, knob_for, select_grids
 from h2cache.budget_search import QUALITY_TIE
 from h2cache.calibrate import RATIOS
-from h2cache.bench.spec import expand_variants
+from bench.spec import expand_variants
 from h2cache.methods import METHODS, get_method
 
 TARGETS = (0.85, 0.65, 0.45, 0.3)

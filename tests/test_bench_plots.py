@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from h2cache.bench.plots import _ssim_tick, write_plots
-from h2cache.bench.styles import method_style
+from bench.plots import _ssim_tick, write_plots
+from bench.styles import method_style
 from h2cache.methods import METHODS
 
 

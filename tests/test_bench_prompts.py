@@ -1,4 +1,4 @@
-"""Calibration never sees benchmark prompts, on every model / prompt-source path (h2cache.bench.prompt_split)."""
+"""Calibration never sees benchmark prompts, on every model / prompt-source path (h2cache.prompt_split)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from h2cache.bench import parse_config
-from h2cache.bench.prompt_split import calibration_leaks, split_prompts
-from h2cache.bench.runner import prompt_split
-from h2cache.bench.spec import DEFAULT_PROMPTS, TEXT_PROMPTS, read_prompts
+from bench import parse_config
+from h2cache.prompt_split import calibration_leaks, split_prompts
+from bench.runner import prompt_split
+from bench.spec import DEFAULT_PROMPTS, TEXT_PROMPTS, read_prompts
 from h2cache.methods.calibration import prompt_hashes
 from h2cache.pipelines import EMBEDDED_MODEL_DIR
 

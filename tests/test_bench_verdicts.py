@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from h2cache.bench.fronts import best_reached, front_value, pareto_front
-from h2cache.bench.quality import aggregate_quality
-from h2cache.bench.verdicts import (
+from bench.fronts import best_reached, front_value, pareto_front
+from bench.quality import aggregate_quality
+from bench.verdicts import (
     compare_with_fronts, exclusion_counts, flag_degenerate, sample_sufficiency, verdict, verdict_counts,
 )
 

@@ -103,7 +103,7 @@ def test_bad_budgets_are_refused_by_name(pipe, kwargs, message):
 
 
 def test_the_held_out_check_reproduces_the_search_on_its_own_prompts_and_compares_with_the_grid(budget, pipe, capsys):
-    from h2cache.bench.calibration_check import check, print_table
+    from bench.calibration_check import check, print_table
 
     cal, store = budget
     rows = check(pipe, 8, [0.6, 0.01], PROMPTS, [0], with_grid=True, progress=False, store=store, **CALL)

@@ -6,10 +6,13 @@ import pkgutil
 
 import pytest
 
+import bench
 import h2cache
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(h2cache.__path__, "h2cache.")
-                 if not m.name.endswith("__main__"))
+# The library, and the benchmark harness that lives beside it.
+MODULES = sorted(m.name for package in (h2cache, bench)
+                 for m in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+                 if not m.name.endswith("__main__")) + ["bench"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -57,7 +57,7 @@ def model_fingerprint(transformer: torch.nn.Module) -> str:
 
 def prompt_hashes(prompts: list[str] | tuple[str, ...]) -> list[str]:
     """Short hashes of the prompts a calibration ran on, stored with it, so that a benchmark can check that
-    it never calibrates on the prompts it scores (:mod:`h2cache.bench.prompt_split`). Whitespace and case
+    it never calibrates on the prompts it scores (:mod:`h2cache.prompt_split`). Whitespace and case
     are normalised first.
 
     Example:

@@ -95,7 +95,7 @@ def magcache_ratios(context: ApplyContext) -> tuple[list[float], str]:
         return FLUX_MAG_RATIOS.tolist(), "diffusers FLUX_MAG_RATIOS (published, 28 steps)"
     raise ValueError(
         f"magcache needs magnitude ratios for model {context.model_key!r} (fingerprint {context.fingerprint}) "
-        f"in {context.calibration.path}; run `python -m h2cache.bench --calibrate force --methods magcache` "
+        f"in {context.calibration.path}; run `python -m bench --calibrate force --methods magcache` "
         "or h2cache.methods.calibrate_magcache(pipe, prompts, ...) and store the result")
 
 
@@ -106,7 +106,7 @@ def magcache_context_ratios(context: ApplyContext) -> tuple[dict[str, list[float
         raise ValueError(
             f"magcache-per-context needs per-context magnitude ratios for model {context.model_key!r} "
             f"(fingerprint {context.fingerprint}) in {context.calibration.path}; calibrations written before "
-            "they were kept per context lack them: run `python -m h2cache.bench --calibrate force --methods "
+            "they were kept per context lack them: run `python -m bench --calibrate force --methods "
             "magcache-per-context`")
     return {name: list(r) for name, r in entry["by_context"].items()}, origin
 

@@ -42,7 +42,7 @@ def teacache_coefficients(context: ApplyContext) -> tuple[list[float], str]:
         return list(FLUX_DEV_COEFFICIENTS), "published TeaCache4FLUX coefficients"
     raise ValueError(
         f"teacache needs a rescaling polynomial for model {context.model_key!r} (fingerprint {context.fingerprint}) "
-        f"at {steps} steps in {context.calibration.path}; run `python -m h2cache.bench --calibrate force "
+        f"at {steps} steps in {context.calibration.path}; run `python -m bench --calibrate force "
         f"--methods teacache --steps {steps}` or h2cache.methods.calibrate_teacache(pipe, prompts, "
         f"num_inference_steps={steps}, ...) and store it with CalibrationStore.put_teacache")
 

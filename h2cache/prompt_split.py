@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..methods.calibration import calibrated_on, prompt_hashes
+from .methods.calibration import calibrated_on, prompt_hashes
 
 EMBEDDED_SEED = 2024  # the draw the shipped embedded-model calibrations used
 
@@ -45,7 +45,7 @@ class PromptSplit:
 
 def is_embedded(model: str | None) -> bool:
     """The project's embedded model, by name or by its directory."""
-    from ..pipelines import EMBEDDED, EMBEDDED_MODEL_DIR
+    from .pipelines import EMBEDDED, EMBEDDED_MODEL_DIR
 
     if model in (None, EMBEDDED):
         return True
@@ -54,7 +54,7 @@ def is_embedded(model: str | None) -> bool:
 
 
 def _scene_prompts(count: int, avoid: set[str]) -> list[str]:
-    from ..scenes import sample_specs
+    from .scenes import sample_specs
 
     # A longer draw from the same generator starts with the shorter one, so with nothing to avoid these
     # are exactly the prompts the shipped calibrations were made on.

@@ -1,4 +1,4 @@
-"""Benchmark of what H2-Cache adds to each transformer call: ``python -m h2cache.overhead --help``.
+"""Benchmark of what H2-Cache adds to each transformer call: ``python -m bench.overhead --help``.
 
 1. Decision cost (residual, PFS thumbnail, distance, the one host sync, bookkeeping) of both stages,
    timed on the real ``H2ProbeHook.decide``, as a share of one full transformer call:
@@ -19,9 +19,9 @@ from typing import Callable
 
 import torch
 
-from .config import H2CacheConfig
-from .hook_machinery import ContextStateManager
-from .hooks import H2CacheState, H2ProbeHook, apply_h2_cache
+from h2cache.config import H2CacheConfig
+from h2cache.hook_machinery import ContextStateManager
+from h2cache.hooks import H2CacheState, H2ProbeHook, apply_h2_cache
 
 FLUX_DIM, FLUX_HEADS, FLUX_DOUBLE, FLUX_SINGLE = 3072, 24, 19, 38
 FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS = 4096, 512
@@ -87,8 +87,8 @@ def flux_block_seconds(device: torch.device, dtype: torch.dtype, repeats: int) -
 
 
 def embedded_rows(repeats: int) -> list[tuple[str, str]]:
-    from .compare import generate
-    from .pipelines import load_pipeline
+    from h2cache.compare import generate
+    from h2cache.pipelines import load_pipeline
 
     pipe = load_pipeline(device="cpu")
     pipe.set_progress_bar_config(disable=True)
@@ -147,7 +147,7 @@ def flux_rows(device: torch.device, dtype: torch.dtype, blocks: bool) -> list[tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m h2cache.overhead", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5, help="alternating pipeline runs per setting (default: 5)")
     p.add_argument("--skip-flux-blocks", action="store_true", help="don't time FLUX.1-size blocks (slow on a CPU)")

@@ -1,4 +1,4 @@
-"""FLUX.1-scale timing check with random weights: ``python -m h2cache.bench.flux_scale --help``.
+"""FLUX.1-scale timing check with random weights: ``python -m bench.flux_scale --help``.
 
 The real FluxPipeline runs a FLUX.1-dev-shaped transformer (19 double + 38 single blocks, width 3072,
 guidance embedding) at 1024x1024, fed random prompt embeddings, and returns latents (no VAE). It answers
@@ -13,10 +13,10 @@ two questions that need FLUX.1's shapes but not its weights:
    computed) show their own ceilings.
 
 Random weights make the natural hit pattern meaningless, so no realistic threshold is run here; quality
-and speed at real thresholds need the real weights (``python -m h2cache.bench --model ...``).
+and speed at real thresholds need the real weights (``python -m bench --model ...``).
 
 Example (one H100, about 4 minutes; ``--config tiny`` runs in seconds on a CPU):
-    $ python -m h2cache.bench.flux_scale --device cuda --dtype bfloat16 --steps 28 --repeats 3
+    $ python -m bench.flux_scale --device cuda --dtype bfloat16 --steps 28 --repeats 3
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..methods import apply_method, measure_flop_table
+from h2cache.methods import apply_method, measure_flop_table
 
 # FLUX.1-dev's transformer and scheduler configs (public model card values); "tiny" keeps the layout.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -210,7 +210,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m h2cache.bench.flux_scale", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.flux_scale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="flux1", help="transformer shape (default: flux1)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,6 +1,6 @@
 """Runs the benchmark: prompt split, FLOP table, calibration, grid choice, warm-up, then every
 (steps, prompt, seed, variant), timed. Calibration and grid choice see only the calibration prompts
-(:mod:`.prompt_split`).
+(:mod:`h2cache.prompt_split`).
 
 Work is split by (prompt, seed) across the processes ``accelerate launch`` starts;
 each process writes its rows to ``<out>/shards/``, and the main process merges
@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..compare import generate
-from ..metrics import compare_images
-from ..methods import (
+from h2cache.compare import generate
+from h2cache.metrics import compare_images
+from h2cache.methods import (
     CalibrationStore, FlopTable, MethodTrace, apply_method, calibrate_magcache, calibrate_teacache, get_method,
     measure_flop_table, model_fingerprint, model_key,
 )
-from ..methods.calibration import teacache_fit
-from ..pipelines import EMBEDDED, generation_defaults, load_pipeline
+from h2cache.methods.calibration import teacache_fit
+from h2cache.pipelines import EMBEDDED, generation_defaults, load_pipeline
 from .machine import describe_machine
-from .prompt_split import PromptSplit, calibration_leaks, split_prompts
+from h2cache.prompt_split import PromptSplit, calibration_leaks, split_prompts
 from .spec import BenchConfig, Variant, expand_variants, read_prompts
 
 TIME_FIELDS = ("denoise_s", "total_s", "denoise_s_runs", "total_s_runs", "baseline_denoise_s",
@@ -74,7 +74,7 @@ def _call_args(pipe: Any, config: BenchConfig, steps: int) -> dict[str, Any]:
 
 
 def prompt_split(config: BenchConfig) -> PromptSplit:
-    """Benchmark and calibration prompts of this run (:func:`~h2cache.bench.prompt_split.split_prompts`)."""
+    """Benchmark and calibration prompts of this run (:func:`~h2cache.prompt_split.split_prompts`)."""
     calibration = read_prompts(config.calibration_prompts_file) if config.calibration_prompts_file else None
     return split_prompts(config.model, read_prompts(config.prompts_file), config.num_prompts,
                          config.calibration_prompts, calibration)
@@ -181,11 +181,11 @@ def measure(pipe: Any, variant: Variant, prompt: str, seed: int, call_args: dict
 
 
 def _decision_cost(pipe: Any, flops: FlopTable, device: str, repeats: int = 10) -> list[dict[str, Any]]:
-    """H2-Cache's per-stage decision time with PFS on and off (``h2cache.overhead.decision_seconds``, which times
+    """H2-Cache's per-stage decision time with PFS on and off (``bench.overhead.decision_seconds``, which times
     the real probe hook), at this model's shapes and at FLUX.1's at 1024x1024."""
-    from ..config import H2CacheConfig
-    from ..overhead import FLUX_DIM, FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS, decision_seconds
-    from ..pfs import pfs_kernel
+    from h2cache.config import H2CacheConfig
+    from .overhead import FLUX_DIM, FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS, decision_seconds
+    from h2cache.pfs import pfs_kernel
 
     config = pipe.transformer.config
     torch_device = torch.device(device)

@@ -1,4 +1,4 @@
-"""``python -m h2cache.bench``: H2-Cache against its peers on one model, prompts and step counts.
+"""``python -m bench``: H2-Cache against its peers on one model, prompts and step counts.
 
 Measures per (steps, prompt, seed, method variant): median wall time of the
 denoising loop and end to end, transformer blocks and FLOPs executed, and
@@ -7,14 +7,14 @@ CSV, JSON, a markdown table and PNG plots. Shards prompts across processes under
 ``accelerate launch``.
 
 The rules that make its verdicts hold on unseen prompts: calibration prompts are
-disjoint from the benchmark prompts (:mod:`.prompt_split`), one grid rule for every
+disjoint from the benchmark prompts (:mod:`h2cache.prompt_split`), one grid rule for every
 method (:mod:`.autogrid`), verdicts against each peer's Pareto front over distinct,
 non-dominated, non-degenerate points (:mod:`.verdicts`), and per-sample quality
 beside the mean (:mod:`.quality`).
 
 Example:
     >>> import os, shutil, tempfile
-    >>> from h2cache.bench import parse_config, run_benchmark
+    >>> from bench import parse_config, run_benchmark
     >>> config = parse_config(["--num-prompts", "2", "--methods", "none", "h2cache", "--out", "/tmp/b"])
     >>> config.methods, config.steps, config.lpips
     (('none', 'h2cache'), (28,), True)
@@ -38,7 +38,7 @@ Example:
 """
 
 from .cli import build_parser, main, parse_config
-from .prompt_split import PromptSplit, split_prompts
+from h2cache.prompt_split import PromptSplit, split_prompts
 from .report import summarize
 from .runner import run_benchmark
 from .spec import BenchConfig, Variant, expand_variants, parse_grid, read_prompts

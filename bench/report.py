@@ -124,7 +124,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _relative(path: str) -> str:
     """Paths inside the repository as the commands write them (the report is read on other machines)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     try:
         return str(Path(path).resolve().relative_to(root))
     except ValueError:
@@ -260,7 +260,7 @@ def _decision_cost_and_flops(meta: dict[str, Any]) -> list[str]:
     if meta.get("decision_cost"):
         lines += ["", "## Decision cost: PFS on vs off", "",
                   "One decision on a miss with a reference (residual, summary, distance, host sync), timed on "
-                  "H2-Cache's own probe hook by `h2cache.overhead.decision_seconds`.", "",
+                  "H2-Cache's own probe hook by `bench.overhead.decision_seconds`.", "",
                   "| residuals | tokens (image + text) x channels | PFS kernel (stage 1 / 2) | stage 1 PFS | stage 1 full "
                   "| stage 2 PFS | stage 2 full |", "|---|---|---|---:|---:|---:|---:|"]
         for d in meta["decision_cost"]:

@@ -7,7 +7,7 @@ achieved share of blocks and PSNR against the uncached images are printed next t
 ``--grid``, the search's coarse grid is run on the same held-out set too, and each calibrated choice is
 set against the grid's best median PSNR among points that ran no more blocks than it did.
 
-    python -m h2cache.bench.calibration_check --steps 28 50 100 --targets 0.3 0.45 0.6 0.75 0.85 [--grid]
+    python -m bench.calibration_check --steps 28 50 100 --targets 0.3 0.45 0.6 0.75 0.85 [--grid]
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..calibrate import PointScorer, SearchStore, grid, stored_calibration
-from ..config import H2CacheConfig
-from ..pipelines import generation_defaults, load_pipeline
-from ..scenes import sample_specs
+from h2cache.calibrate import PointScorer, SearchStore, grid, stored_calibration
+from h2cache.config import H2CacheConfig
+from h2cache.pipelines import generation_defaults, load_pipeline
+from h2cache.scenes import sample_specs
 
 HELD_OUT_SEED = 7  # a draw of the held-out split that no calibration used
 
@@ -75,7 +75,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m h2cache.bench.calibration_check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.calibration_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, nargs="+", default=[28, 50, 100])
     p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.45, 0.6, 0.75, 0.85])

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..methods import get_method
+from h2cache.methods import get_method
 from .verdicts import PEERS, SUBJECTS
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 DEFAULT_PROMPTS = PROMPTS_DIR / "embedded.txt"
 TEXT_PROMPTS = PROMPTS_DIR / "cute_text.txt"
 DEFAULT_METHODS = ("none", "h2cache", "fbcache", "teacache", "magcache", "taylorseer",
@@ -56,7 +56,7 @@ def _fmt(value: Any) -> str:
 
 @dataclass
 class BenchConfig:
-    """Everything ``python -m h2cache.bench`` was asked to do (also written into results.json)."""
+    """Everything ``python -m bench`` was asked to do (also written into results.json)."""
 
     model: str = "embedded"
     prompts_file: str = str(DEFAULT_PROMPTS)
@@ -83,7 +83,7 @@ class BenchConfig:
     subjects: tuple[str, ...] = SUBJECTS  # methods under test in the verdicts
     match_peers: tuple[str, ...] = PEERS  # peers whose fronts they are compared with (those that ran)
     verdict_quality: str = "mean"  # mean | median | worst (quality.BASES)
-    command: str = "python -m h2cache.bench"  # as typed, for the report
+    command: str = "python -m bench"  # as typed, for the report
 
 
 def parse_grid(text: str) -> tuple[str, dict[str, tuple[Any, ...]]]:

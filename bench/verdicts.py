@@ -14,7 +14,7 @@ The rule, for one point of a subject (e.g. ``h2cache``) and one peer (e.g. ``fbc
    (same cost and quality) count once, a subject point another of its own points dominates is not counted,
    nor is a degenerate one (:func:`flag_degenerate`). Degenerate peer points are left out of the peer's front.
 
-Quality can be read on three bases (:data:`~h2cache.bench.quality.BASES`): the PSNR of the mean MSE with the
+Quality can be read on three bases (:data:`~bench.quality.BASES`): the PSNR of the mean MSE with the
 mean SSIM, the median sample, or the worst sample. Verdicts need at least :data:`MIN_VERDICT_PROMPTS` prompts
 x :data:`MIN_VERDICT_SEEDS` seeds; with fewer, :func:`sample_sufficiency` returns a warning the report prints.
 

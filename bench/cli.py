@@ -1,4 +1,4 @@
-"""``python -m h2cache.bench``: argument parsing into a :class:`~h2cache.bench.spec.BenchConfig`."""
+"""``python -m bench``: argument parsing into a :class:`~bench.spec.BenchConfig`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Any
 
-from ..methods import METHODS
+from h2cache.methods import METHODS
 from .quality import BASES
 from .spec import DEFAULT_METHODS, DEFAULT_PROMPTS, TEXT_PROMPTS, BenchConfig, parse_grid
 from .verdicts import PEERS, SUBJECTS
@@ -28,7 +28,7 @@ def _method_help() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m h2cache.bench",
+        prog="python -m bench",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Benchmark H2-Cache against FirstBlockCache, TeaCache, MagCache and TaylorSeer on one model:
@@ -40,16 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="methods and their settings:\n" + _method_help() + textwrap.dedent("""
 
             examples:
-              python -m h2cache.bench --num-prompts 8 --steps 28 --out runs/bench/embedded-28
-              python -m h2cache.bench --methods none h2cache fbcache --grid h2cache:tau1=0.1,0.2:tau2=0.22
-              accelerate launch --multi_gpu --num_processes 2 -m h2cache.bench --device cpu --out runs/bench/sharded
+              python -m bench --num-prompts 8 --steps 28 --out runs/bench/embedded-28
+              python -m bench --methods none h2cache fbcache --grid h2cache:tau1=0.1,0.2:tau2=0.22
+              accelerate launch --multi_gpu --num_processes 2 -m bench --device cpu --out runs/bench/sharded
             (on a machine without GPUs, --multi_gpu is what makes accelerate start several processes)"""))
     parser.add_argument("--model", default="embedded",
                         help="'embedded' (assets/tiny-flux-scenes, offline), a hub id such as "
                              "black-forest-labs/FLUX.1-dev, or a local FluxPipeline directory")
     parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS),
                         help=f"prompt file, one per line, '#' comments (default: the embedded model's scenes; "
-                             f"text-in-image captions for FLUX.1: h2cache/prompts/{TEXT_PROMPTS.name})")
+                             f"text-in-image captions for FLUX.1: bench/prompts/{TEXT_PROMPTS.name})")
     parser.add_argument("--num-prompts", type=int, default=8,
                         help="score the first N benchmark prompts (0: all); for a prompt file without "
                              "--calibration-prompts-file, its last --calibration-prompts lines are held out first")
@@ -140,7 +140,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         lpips=not args.no_lpips, plots=not args.no_plots, progress=not args.no_progress,
         decision_cost=not args.no_decision_cost, subjects=tuple(dict.fromkeys(args.subjects)),
         match_peers=tuple(dict.fromkeys(args.match_peers)), verdict_quality=args.verdict_quality,
-        command=shlex.join(["python", "-m", "h2cache.bench", *argv]))
+        command=shlex.join(["python", "-m", "bench", *argv]))
 
 
 def rewrite_report(results_json: str, out: str, overrides: BenchConfig | None = None) -> dict[str, Any]:

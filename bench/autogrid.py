@@ -28,7 +28,7 @@ Two rules keep degenerate thresholds out of the grid. The sweep stops once the s
 bottom of its range (the method reuses all it can), and a target the method cannot reach gets its cheapest
 point with the smallest value, never a looser one; such a point is marked ``off_target`` in
 ``auto_grid.json`` when it lands more than :data:`OFF_TARGET` from the target. Points whose quality collapses
-are caught after the run (:func:`h2cache.bench.verdicts.flag_degenerate`).
+are caught after the run (:func:`bench.verdicts.flag_degenerate`).
 
 Example:
     >>> knob = knob_for(get_method("h2cache"))
@@ -44,11 +44,11 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..budget_search import pick_for_share, sweep_line
-from ..calibrate import BISECTIONS, COARSE_TAU1, PSNR_CAP, RATIOS
-from ..compare import generate
-from ..methods import CalibrationStore, FlopTable, Method, apply_method, get_method
-from ..metrics import psnr
+from h2cache.budget_search import pick_for_share, sweep_line
+from h2cache.calibrate import BISECTIONS, COARSE_TAU1, PSNR_CAP, RATIOS
+from h2cache.compare import generate
+from h2cache.methods import CalibrationStore, FlopTable, Method, apply_method, get_method
+from h2cache.metrics import psnr
 
 OFF_TARGET = 0.05  # |share - target| beyond this: the method cannot reach the target
 
