@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from h2cache.methods import get_method
+from h2cache.prompt_split import read_prompts  # noqa: F401  (re-exported: the harness reads prompt files with it)
 from .verdicts import PEERS, SUBJECTS
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -128,11 +129,3 @@ def expand_variants(methods: list[str] | tuple[str, ...], grids: dict[str, Grid]
                 variants.append(variant)
     return variants
 
-
-def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
-    """Non-empty lines not starting with '#'; the first `limit` of them."""
-    lines = Path(path).read_text().splitlines()
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise ValueError(f"no prompts in {path}")
-    return prompts[:limit] if limit else prompts

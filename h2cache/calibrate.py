@@ -339,6 +339,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     budget.add_argument("--min-psnr", type=float, nargs="+", help="PSNR floors in dB")
     p.add_argument("--floor", choices=FLOORS, default="median")
     p.add_argument("--prompts", type=int, default=4, help="calibration prompts (embedded model: training-split scenes)")
+    p.add_argument("--prompts-file", default=None,
+                   help="calibrate on this file's first --prompts prompts (one per line, '#' comments); "
+                        "needed for models other than the embedded one")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--size", type=int, default=None, help="width and height (default: the model's)")
     p.add_argument("--no-store", action="store_true", help="do not save the search")
@@ -346,13 +349,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .prompt_split import split_prompts
+    from .prompt_split import is_embedded, read_prompts, split_prompts
     from .pipelines import load_pipeline
 
     args = _parse(argv)
+    from_file = read_prompts(args.prompts_file) if args.prompts_file else None
+    if from_file is None and not is_embedded(args.model):
+        raise SystemExit(f"--model {args.model}: give --prompts-file with calibration prompts (not the ones you "
+                         "will judge on); only the embedded model has its own")
+    prompts = split_prompts(args.model, prompts=[], num_prompts=0, calibration_count=args.prompts,
+                            calibration=from_file).calibration
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    prompts = split_prompts(args.model, prompts=[], num_prompts=0, calibration_count=args.prompts).calibration
     size = {"height": args.size, "width": args.size} if args.size else {}
     store = None if args.no_store else SearchStore()
     budgets = [("blocks", v) for v in args.target_blocks or []] + [(args.floor, v) for v in args.min_psnr or []]

@@ -118,3 +118,12 @@ def calibration_leaks(entry: dict | None, benchmark: list[str]) -> bool | None:
     if hashes is None:
         return None
     return bool(hashes & set(prompt_hashes(benchmark)))
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
+    """Non-empty lines not starting with '#'; the first `limit` of them."""
+    lines = Path(path).read_text().splitlines()
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"no prompts in {path}")
+    return prompts[:limit] if limit else prompts

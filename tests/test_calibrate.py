@@ -115,3 +115,10 @@ def test_the_held_out_check_reproduces_the_search_on_its_own_prompts_and_compare
     assert unreachable["held_out_share"] > 0.01
     print_table(rows)
     assert "| 8 | 60% |" in capsys.readouterr().out
+
+
+def test_the_cli_asks_for_calibration_prompts_for_models_without_their_own(capsys):
+    from h2cache.calibrate import main
+
+    with pytest.raises(SystemExit, match="give --prompts-file with calibration prompts"):
+        main(["--model", "org/some-flux", "--steps", "28", "--target-blocks", "0.5"])
