@@ -45,7 +45,8 @@ def check(pipe: Any, steps: int, targets: list[float], prompts: list[str], seeds
             held = scorer.score(cal.config.tau1, cal.config.tau2)
             row = {"steps": steps, "target": target, "tau1": cal.config.tau1, "tau2": cal.config.tau2,
                    "calibrated_share": cal.blocks_share, "held_out_share": held.blocks_share,
-                   "median_psnr": statistics.median(held.psnr), "worst_psnr": min(held.psnr)}
+                   "median_psnr": statistics.median(held.psnr), "worst_psnr": min(held.psnr),
+                   "share_range": (min(held.shares), max(held.shares))}
             cheaper = [p for p in grid_points if p.blocks_share <= held.blocks_share + 1e-9]
             if cheaper:
                 best = max(cheaper, key=lambda p: statistics.median(p.psnr))
@@ -57,16 +58,18 @@ def check(pipe: Any, steps: int, targets: list[float], prompts: list[str], seeds
 def print_table(rows: list[dict[str, Any]]) -> None:
     with_grid = any("grid_best_psnr" in r for r in rows)
     extra = " grid's best at no more blocks | gap |" if with_grid else ""
-    print("| steps | target | tau1 | tau2 | share on calibration prompts | share held out | off by | median PSNR "
-          f"| worst PSNR |{extra}")
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_grid else ""))
+    print("| steps | target | tau1 | tau2 | share on calibration prompts | share held out | off by | one image's share "
+          f"| median PSNR | worst PSNR |{extra}")
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_grid else ""))
     for r in rows:
         if r.get("missing"):
-            print(f"| {r['steps']} | {r['target']:.0%} | no stored calibration | | | | | | |")
+            print(f"| {r['steps']} | {r['target']:.0%} | no stored calibration | | | | | | | |")
             continue
         off = (r["held_out_share"] - r["target"]) * 100
+        low, high = r["share_range"]
         line = (f"| {r['steps']} | {r['target']:.0%} | {r['tau1']:.3g} | {r['tau2']:.3g} | {r['calibrated_share']:.1%} "
-                f"| {r['held_out_share']:.1%} | {off:+.1f} pts | {r['median_psnr']:.2f} dB | {r['worst_psnr']:.2f} dB |")
+                f"| {r['held_out_share']:.1%} | {off:+.1f} pts | {low:.0%}-{high:.0%} "
+                f"| {r['median_psnr']:.2f} dB | {r['worst_psnr']:.2f} dB |")
         if with_grid:
             best = r.get("grid_best_psnr")
             line += (f" {best:.2f} dB | {r['median_psnr'] - best:+.2f} dB |" if best is not None
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, nargs="+", default=[28, 50, 100])
     p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.45, 0.6, 0.75, 0.85])
-    p.add_argument("--prompts", type=int, default=4, help="held-out prompts (default: 4)")
+    p.add_argument("--prompts", type=int, default=8, help="held-out prompts (default: 8)")
     p.add_argument("--seeds", type=int, nargs="+", default=[11, 12], help="seeds, none of the calibration's (default: 11 12)")
     p.add_argument("--grid", action="store_true", help="also run the search's coarse grid on the held-out set")
     args = p.parse_args(argv)

@@ -34,7 +34,7 @@ import argparse
 import math
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from tqdm.auto import tqdm
@@ -63,6 +63,7 @@ class SearchPoint:
     blocks_share: float
     psnr: list[float]
     ssim: list[float]
+    shares: list[float] = field(default_factory=list)  # per prompt and seed (searches stored before: empty)
 
     def floor_psnr(self, floor: str = "median") -> float:
         return statistics.median(self.psnr) if floor == "median" else min(self.psnr)
@@ -161,19 +162,20 @@ class PointScorer:
         config = H2CacheConfig(**{**asdict(self.base), "tau1": key[0], "tau2": key[1]})
         handle = apply_h2_cache(self.pipe, config)
         ran = total = 0
-        psnrs, ssims = [], []
+        psnrs, ssims, shares = [], [], []
         try:
             for (prompt, seed), reference in self.baselines.items():
                 image = generate(self.pipe, prompt, seed=seed, previews=False, **self.call_kwargs).image
                 ran += sum(r.blocks_run for r in handle.trace)
                 total += sum(r.blocks_total for r in handle.trace)
-                self.cost += handle.trace.blocks_share()
+                shares.append(handle.trace.blocks_share())
+                self.cost += shares[-1]
                 psnrs.append(min(psnr(reference, image), PSNR_CAP))
                 ssims.append(ssim(reference, image))
                 self._tick()
         finally:
             handle.remove()
-        point = SearchPoint(key[0], key[1], ran / total if total else 1.0, psnrs, ssims)
+        point = SearchPoint(key[0], key[1], ran / total if total else 1.0, psnrs, ssims, shares)
         self.points[key] = point
         return point
 
@@ -338,7 +340,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     budget.add_argument("--target-blocks", type=float, nargs="+", help="largest shares of blocks to run, e.g. 0.3 0.5")
     budget.add_argument("--min-psnr", type=float, nargs="+", help="PSNR floors in dB")
     p.add_argument("--floor", choices=FLOORS, default="median")
-    p.add_argument("--prompts", type=int, default=4, help="calibration prompts (embedded model: training-split scenes)")
+    p.add_argument("--prompts", type=int, default=8, help="calibration prompts (embedded model: training-split scenes)")
     p.add_argument("--prompts-file", default=None,
                    help="calibrate on this file's first --prompts prompts (one per line, '#' comments); "
                         "needed for models other than the embedded one")
