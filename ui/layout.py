@@ -87,8 +87,10 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                     pool1 = config_input(published["pool_size_stage1"], limits, defaults.pool_size_stage1)
                     pool2 = config_input(published["pool_size_stage2"], limits, defaults.pool_size_stage2)
                     gr.Markdown("Options beyond the published algorithm (off by default):")
-                    with gr.Row():
-                        options = [config_input(f, limits, f.default) for f in OPTION_INPUTS]
+                    with gr.Row():  # the counts side by side, the switches below them
+                        made = {f.name: config_input(f, limits, f.default) for f in OPTION_INPUTS if f.kind is not bool}
+                    made.update({f.name: config_input(f, limits, f.default) for f in OPTION_INPUTS if f.kind is bool})
+                    options = [made[f.name] for f in OPTION_INPUTS]  # INPUT_FIELDS order
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2, min_width=480):
                 c["summary"] = gr.Markdown("Press **Generate** to compare.", label="Summary", elem_id="summary")
