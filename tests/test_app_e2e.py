@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from h2cache.config import H2CacheConfig
+from h2cache.config import H2CacheConfig, config_fields
 from h2cache.metrics import psnr as psnr_of
 
 from ui.callbacks import OUTPUT_FIELDS
@@ -21,7 +21,7 @@ gradio_client = pytest.importorskip("gradio_client")
 # State outputs stay on the server; the client receives every other output.
 CLIENT_FIELDS = [f for f in OUTPUT_FIELDS if f != "scrub_state"]
 PROMPT = "a small yellow triangle at the top left on a checkered purple background"
-OPTIONS = ("warmup_steps", "max_consecutive_hits", "final_full_steps", "skip_stage2_probe_on_hit")
+OPTIONS = tuple(f.name for f in config_fields("option"))  # as the library declares them
 
 
 @pytest.fixture(scope="module")

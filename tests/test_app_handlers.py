@@ -36,7 +36,7 @@ from ui.validation import INPUT_FIELDS, make_validator
 
 PROMPT = "a large red circle at the center on a striped blue background"
 STEPS = 10
-OPTIONS = ("warmup_steps", "max_consecutive_hits", "final_full_steps", "skip_stage2_probe_on_hit")
+OPTIONS = tuple(f.name for f in h2cache.config_fields("option"))  # as the library declares them
 
 
 @pytest.fixture(scope="module")
