@@ -59,9 +59,9 @@ def generate(settings, registry):
 
 
 def request(**overrides):
+    options = {name: getattr(H2CacheConfig(), name) for name in OPTIONS}  # off, as in the library
     values = dict(prompt=PROMPT, model="embedded", seed=0, steps=STEPS, width=64, height=64, tau1=0.0, tau2=0.0,
-                  pool_size_stage1=2048, pool_size_stage2=384, warmup_steps=0, max_consecutive_hits=0,
-                  final_full_steps=0, skip_stage2_probe_on_hit=False)
+                  pool_size_stage1=2048, pool_size_stage2=384, **options)
     values.update(overrides)
     return [values[name] for name in INPUT_FIELDS]
 
