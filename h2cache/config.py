@@ -120,9 +120,11 @@ class H2CacheConfig:
     # Each field is declared once, here: type, range, role, label and help. Validation, the method settings
     # of the benchmark, and the app's inputs, widgets and checks are all derived from it (config_fields()).
     tau1: float = _declare(0.15, float, low=0.0, unit="threshold", role="published",
-                           label="τ1: stage-1 (structure) threshold", help="Stage-1 (structure) PFS threshold; 0 = never reuse")
+                           label="τ1: stage-1 (structure) threshold",
+                           help="Stage-1 (structure) PFS threshold; 0 = never reuse")
     tau2: float = _declare(0.22, float, low=0.0, unit="threshold", role="published",
-                           label="τ2: stage-2 (detail) threshold", help="Stage-2 (detail) PFS threshold, used when stage 1 ran; 0 = never reuse")
+                           label="τ2: stage-2 (detail) threshold",
+                           help="Stage-2 (detail) PFS threshold, used when stage 1 ran; 0 = never reuse")
     pool_size_stage1: int = _declare(2048, int, low=1, unit="pool", role="published", label="PFS pool size, stage 1",
                                      help="Pooling kernel k = max(1, tokens // pool size)")
     pool_size_stage2: int = _declare(384, int, low=1, unit="pool", role="published", label="PFS pool size, stage 2",

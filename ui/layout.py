@@ -87,9 +87,10 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                     pool1 = config_input(published["pool_size_stage1"], limits, defaults.pool_size_stage1)
                     pool2 = config_input(published["pool_size_stage2"], limits, defaults.pool_size_stage2)
                     gr.Markdown("Options beyond the published algorithm (off by default):")
+                    counts = [f for f in OPTION_INPUTS if f.kind is not bool]
                     with gr.Row():  # the counts side by side, the switches below them
-                        made = {f.name: config_input(f, limits, f.default) for f in OPTION_INPUTS if f.kind is not bool}
-                    made.update({f.name: config_input(f, limits, f.default) for f in OPTION_INPUTS if f.kind is bool})
+                        made = {f.name: config_input(f, limits, f.default) for f in counts}
+                    made.update({f.name: config_input(f, limits, f.default) for f in OPTION_INPUTS if f not in counts})
                     options = [made[f.name] for f in OPTION_INPUTS]  # INPUT_FIELDS order
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2, min_width=480):
