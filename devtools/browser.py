@@ -17,8 +17,15 @@ def launch_chromium(playwright: Any) -> Any:
 def set_number(page: Any, elem_id: str, value: float) -> None:
     """Type into the number box of a slider or number component."""
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    # Right after the page loads, a component can still be wiring up its handlers and drop a value typed
+    # into it; type again until the box keeps it.
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_timeout(100)
+        if float(box.input_value() or "nan") == float(value):
+            return
+    raise AssertionError(f"#{elem_id} did not keep the value {value}")
 
 
 def run_comparison_in_page(page: Any, url: str, prompt: str, steps: int | None = None, timeout_ms: int = 180_000,
