@@ -160,7 +160,7 @@ def run_check(preset_name: str, work: Path, settings_path: Path | None = None, s
     request = validate_request(settings, registry.keys, {
         "prompt": PROMPT, "model": FLUX_DEV, "seed": 0, "steps": preset.steps, "width": preset.size,
         "height": preset.size, "tau1": spec.tau1, "tau2": spec.tau2,
-        "pool_size_stage1": settings.defaults.pool_size_stage1, "pool_size_stage2": settings.defaults.pool_size_stage2,
+        "pool_size_stage1": spec.pool_size_stage1, "pool_size_stage2": spec.pool_size_stage2,
         **{f.name: f.default for f in OPTION_INPUTS},  # the options off, as in the library
     })
     if cuda:

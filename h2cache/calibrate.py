@@ -346,6 +346,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         "needed for models other than the embedded one")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--size", type=int, default=None, help="width and height (default: the model's)")
+    published = H2CacheConfig()
+    p.add_argument("--pool-size-stage1", type=int, default=published.pool_size_stage1,
+                   help=f"PFS pool size of stage 1 the thresholds are searched for (default: the published "
+                        f"{published.pool_size_stage1}); stored with the search")
+    p.add_argument("--pool-size-stage2", type=int, default=published.pool_size_stage2,
+                   help=f"PFS pool size of stage 2 (default: the published {published.pool_size_stage2})")
     p.add_argument("--no-store", action="store_true", help="do not save the search")
     return p.parse_args(argv)
 
@@ -355,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     from .pipelines import load_pipeline
 
     args = _parse(argv)
+    try:  # before loading a model that may take minutes
+        base = H2CacheConfig(pool_size_stage1=args.pool_size_stage1, pool_size_stage2=args.pool_size_stage2)
+    except ValueError as exc:
+        raise SystemExit(f"--pool-size-stage1/--pool-size-stage2: {exc}") from None
     from_file = read_prompts(args.prompts_file) if args.prompts_file else None
     if from_file is None and not is_embedded(args.model):
         raise SystemExit(f"--model {args.model}: give --prompts-file with calibration prompts (not the ones you "
@@ -372,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for steps in args.steps:
         points, cost, _ = search(pipe, prompts, num_inference_steps=steps, budgets=budgets, seeds=tuple(args.seeds),
-                                 store=store, **size)
+                                 base_config=base, store=store, **size)
         for kind, value in budgets:
             chosen, met = choose(points, **({"target_blocks": value} if kind == "blocks" else {"min_psnr": value}),
                                  floor=args.floor)

@@ -12,9 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # app.py and ui/ live at the repository root
     sys.path.insert(0, str(ROOT))
 
-def find_embedded_model() -> Path:
-    """H2CACHE_EMBEDDED_MODEL if set, else the shipped assets/tiny-flux-scenes."""
-    return Path(os.environ.get("H2CACHE_EMBEDDED_MODEL") or ROOT / "assets" / "tiny-flux-scenes")
+from embedded_facts import find_embedded_model  # noqa: E402  (after the path fix above)
 
 
 @pytest.fixture(scope="session")

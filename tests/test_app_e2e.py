@@ -16,6 +16,8 @@ from h2cache.metrics import psnr as psnr_of
 
 from ui.callbacks import OUTPUT_FIELDS
 
+from embedded_facts import EMBEDDED
+
 gradio_client = pytest.importorskip("gradio_client")
 
 # State outputs stay on the server; the client receives every other output.
@@ -79,8 +81,8 @@ def test_cached_run_images_plots_and_metrics_agree(client):
     out = call(client, tau1=1.0, tau2=1.0, seed=5)
     details, table = out["details"], rows(out)
     trace = details["trace"]
-    contexts = {r["context"] for r in trace}  # 'cond' and 'uncond' under the embedded model's true CFG
-    assert len(trace) == 8 * len(contexts) and details["request"]["tau1"] == 1.0
+    assert {r["context"] for r in trace} == set(EMBEDDED.contexts)  # 'uncond' too only under true CFG
+    assert len(trace) == 8 * len(EMBEDDED.contexts) and details["request"]["tau1"] == 1.0
     hits1, hits2 = sum(r["hit1"] for r in trace), sum(r["hit2"] for r in trace)
     assert hits1 + hits2 > 0
     assert table["Stage-1 hits (structure)"][1] == f"{hits1}/{len(trace)}"

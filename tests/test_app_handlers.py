@@ -21,6 +21,8 @@ from h2cache.config import H2CacheConfig
 from h2cache.metrics import compare_images, lpips_availability
 from h2cache.trace import StepRecord
 
+from embedded_facts import EMBEDDED
+
 from ui.callbacks import OUTPUT_FIELDS, make_generate, make_model_change, show_step
 from ui.difference import difference_map
 from ui.gpu import on_gpu
@@ -91,10 +93,10 @@ def test_thresholds_zero_give_identical_images(exact):
     rows = table(exact)
     assert rows["PSNR vs baseline"][1] == "∞ (identical)"
     assert rows["SSIM vs baseline"][1] == "1.0000"
-    # One record per transformer call: the embedded model's true CFG makes 'cond' and 'uncond' calls.
+    # One record per transformer call: 'cond' alone under distilled guidance, 'cond' and 'uncond' under true CFG.
     calls = exact["details"]["trace"]
-    contexts = {r["context"] for r in calls}
-    assert len(calls) == STEPS * len(contexts)
+    assert {r["context"] for r in calls} == set(EMBEDDED.contexts)
+    assert len(calls) == STEPS * len(EMBEDDED.contexts)
     assert rows["Stage-1 hits (structure)"][1] == f"0/{len(calls)}"
     assert exact["details"]["quality"]["psnr"] == "inf"
     assert exact["details"]["blocks_share"] == 1.0
@@ -155,7 +157,7 @@ def test_plots_show_thresholds_and_forced_hits(cached):
     forced = sum(r.forced2 for r in trace if r.context == shown)
     assert (f"forced hit (stage 1 hit, not measured): {forced}" in legend) == (forced > 0)
     image = cached["compute_map"].axes[0].get_images()[0].get_array()
-    assert image.shape == (12, STEPS)  # 4 double + 8 single blocks x steps
+    assert image.shape == (EMBEDDED.blocks, STEPS)  # double + single blocks x steps
 
 
 def test_scrubber_shows_each_runs_prediction_per_step(cached):
@@ -215,10 +217,12 @@ def test_pfs_panel_matches_the_trace_at_every_step(mixed):
 def test_pfs_panel_follows_the_pool_size(generate):
     coarse = run(generate, tau1=0.3, tau2=0.3, pool_size_stage1=16, steps=4)
     fine = run(generate, tau1=0.3, tau2=0.3, steps=4)
-    # 64 image tokens x 128 channels: pool size 16 gives k = 4 and a 16 x 32 thumbnail; 2048 gives k = 1.
-    assert pfs_rows(coarse["pfs_table"])[1][:4] == ["64 (image)", "16", "4", "16 × 32"]
-    assert pfs_rows(fine["pfs_table"])[1][:4] == ["64 (image)", "2048", "1", "64 × 128"]
-    assert pfs_rows(fine["pfs_table"])[2][:4] == ["80 (16 text + 64 image)", "384", "1", "80 × 128"]
+    # At 64x64, 64 image tokens: pool size 16 gives k = 4 and a thumbnail 4x smaller on both axes; 2048 gives k = 1.
+    n, t, c = EMBEDDED.image_tokens(64), EMBEDDED.text_tokens, EMBEDDED.width
+    assert n == 64
+    assert pfs_rows(coarse["pfs_table"])[1][:4] == [f"{n} (image)", "16", "4", f"{n // 4} × {c // 4}"]
+    assert pfs_rows(fine["pfs_table"])[1][:4] == [f"{n} (image)", "2048", "1", f"{n} × {c}"]
+    assert pfs_rows(fine["pfs_table"])[2][:4] == [f"{n + t} ({t} text + {n} image)", "384", "1", f"{n + t} × {c}"]
     assert coarse["pfs_stage1"].shape != fine["pfs_stage1"].shape
 
 
@@ -504,15 +508,21 @@ def test_zero_gpu_settings_are_checked(tmp_path):
 
 
 def test_model_change_applies_that_models_ranges(settings):
-    steps, width, height, tau1, tau2 = make_model_change(settings)("black-forest-labs/FLUX.1-schnell")
+    steps, width, height, tau1, tau2, pool1, pool2 = make_model_change(settings)("black-forest-labs/FLUX.1-schnell")
     assert (steps.maximum, width.maximum, width.value, tau1.value) == (8, 1024, 1024, 0.15)
+    assert (pool1.value, pool2.value) == (2048, 384)  # FLUX.1 lists none of its own: the published ones
+    embedded = settings.model("embedded")
+    pools = make_model_change(settings)("embedded")[5:]
+    assert tuple(p.value for p in pools) == (embedded.pool_size_stage1, embedded.pool_size_stage2)
+    assert make_model_change(settings)("no-such-model") == (gr.skip(),) * 7
 
 
 def test_space_yaml_is_read_and_checked(settings, tmp_path):
     assert settings.defaults.model == "embedded" and settings.queue_max_size >= 1
     embedded = settings.model("embedded")
     assert (embedded.min_size, embedded.max_size, embedded.size_multiple) == (32, 128, 16)
-    assert (embedded.default_size, embedded.default_steps) == (64, 28)  # from h2cache.generation_defaults
+    # from h2cache.generation_defaults
+    assert (embedded.default_size, embedded.default_steps) == (EMBEDDED.size, EMBEDDED.steps)
     assert settings.limits.max_consecutive_hits_max == 100
     broken = tmp_path / "space.yaml"
     broken.write_text("limits: {prompt_max_chars: 10}\ndefaults: {model: embedded, prompt: x}\n"
@@ -520,10 +530,15 @@ def test_space_yaml_is_read_and_checked(settings, tmp_path):
     with pytest.raises(SettingsError, match="tau_max"):
         load_settings(broken)
     assert settings.preview_store_mb == 16
-    broken.write_text("preview_store_mb: 0\nlimits: {prompt_max_chars: 10, tau_max: 1, pool_size_max: 9}\n"
+    broken.write_text("preview_store_mb: 0\nlimits: {prompt_max_chars: 10, tau_max: 1, pool_size_max: 4096}\n"
                       "defaults: {model: embedded, prompt: x}\n"
                       "models: [{key: embedded, sizes: {min: 32, max: 128}, steps: {max: 100}}]\n")
     with pytest.raises(SettingsError, match="preview_store_mb must be >= 1, got 0"):
+        load_settings(broken)
+    broken.write_text("limits: {prompt_max_chars: 10, tau_max: 1, pool_size_max: 4096}\n"
+                      "defaults: {model: embedded, prompt: x}\n"
+                      "models: [{key: embedded, sizes: {min: 32, max: 128}, steps: {max: 100}, pool_size_stage2: 5000}]\n")
+    with pytest.raises(SettingsError, match=r"model 'embedded': pool sizes must be from .*\(1\) to .*\(4096\), got 5000"):
         load_settings(broken)
 
 

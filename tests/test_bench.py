@@ -16,6 +16,8 @@ from bench.runner import TIME_FIELDS
 from h2cache.methods.calibration import prompt_hashes
 from h2cache.pipelines import EMBEDDED_MODEL_DIR
 
+from embedded_facts import EMBEDDED
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -172,7 +174,7 @@ def test_embedded_model_smoke(tmp_path):
     assert summary["none"]["blocks_share"] == 1.0
     assert summary["taylorseer"]["flops_share"] < 1.0
     table = next(iter(results["meta"]["flop_tables"].values()))
-    assert len(table["blocks"]) == 12 and table["image_tokens"] == 64
+    assert len(table["blocks"]) == EMBEDDED.blocks and table["image_tokens"] == EMBEDDED.image_tokens(64)
 
 
 def test_auto_grid_gives_every_method_one_point_per_target(tiny_model_dir, prompts_file, tmp_path):

@@ -9,6 +9,8 @@ import pytest
 
 from devtools.browser import CHROMIUM, launch_chromium, run_comparison_in_page, set_number
 
+from embedded_facts import EMBEDDED
+
 sync_api = pytest.importorskip("playwright.sync_api")
 # CI installs Chromium (.ci/run), so there a missing browser is a failure, not a skip.
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
@@ -54,11 +56,12 @@ def test_scrubbing_updates_the_pfs_panel_with_the_traces_distances(page, app_ser
     steps, tau = 6, 0.25
     run_comparison_in_page(page, app_server.url, PROMPT, steps=steps, tau1=tau, tau2=tau)
     # The same request through the API (one server, one thread: the same decisions) gives the trace.
-    defaults = load_settings().defaults
-    size = load_settings().model("embedded").default_size
-    values = Client(app_server.url, verbose=False).predict(
-        PROMPT, "embedded", defaults.seed, steps, size, size, tau, tau, defaults.pool_size_stage1,
-        defaults.pool_size_stage2, api_name="/generate")
+    settings = load_settings()
+    spec = settings.model("embedded")
+    size = spec.default_size
+    values = Client(app_server.url, verbose=False).predict(  # the page's defaults, the model's pool sizes among them
+        PROMPT, "embedded", settings.defaults.seed, steps, size, size, tau, tau, spec.pool_size_stage1,
+        spec.pool_size_stage2, api_name="/generate")
     details = dict(zip([f for f in OUTPUT_FIELDS if f != "scrub_state"], values))["details"]
     trace = [r for r in details["trace"] if r["context"] == "cond"]
     shown = lambda d: "—" if d is None else f"{d:.4f}"  # noqa: E731
@@ -79,12 +82,13 @@ def test_target_mode_sets_the_thresholds_from_the_stored_calibration_and_reports
     import h2cache
     from ui.target_mode import calibrated_thresholds
 
-    expected = calibrated_thresholds(h2cache.load_pipeline(), 28, 64, 64, 0.5)
+    size, steps = EMBEDDED.size, EMBEDDED.steps  # the app's defaults: the calibration shipped for them
+    expected = calibrated_thresholds(h2cache.load_pipeline(), steps, size, size, 0.5)
     assert expected.tau1 is not None, expected.text
     page.goto(app_server.url, wait_until="domcontentloaded")
     page.locator("#prompt textarea").wait_for(state="visible", timeout=180_000)
     page.locator("#threshold-mode").get_by_label("target compute").check()
-    page.locator("#target-info").get_by_text("From the stored calibration at 64x64, 28 steps").wait_for(timeout=60_000)
+    page.locator("#target-info").get_by_text(f"From the stored calibration at {size}x{size}, {steps} steps").wait_for(timeout=60_000)
     assert float(page.locator("#tau1 input[type=number]").input_value()) == pytest.approx(expected.tau1)
     assert float(page.locator("#tau2 input[type=number]").input_value()) == pytest.approx(expected.tau2)
     page.locator("#prompt textarea").fill(PROMPT)

@@ -12,6 +12,8 @@ import numpy as np
 
 from h2cache.pipelines import EMBEDDED_MODEL_DIR
 
+from embedded_facts import EMBEDDED
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
@@ -21,7 +23,7 @@ torch.set_num_threads(1)
 pipe = h2cache.load_pipeline()
 pipe.set_progress_bar_config(disable=True)
 kw = h2cache.generation_defaults(pipe)
-assert (kw["height"], kw["width"]) == (64, 64)
+assert (kw["height"], kw["width"]) == (int(sys.argv[2]),) * 2
 def gen(seed):
     return pipe("a large yellow square at the center on a checkered purple background", **kw,
                 generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
@@ -39,13 +41,15 @@ def test_loads_offline_and_is_deterministic(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     out = tmp_path / "images.npy"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out)], env=env, cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), str(EMBEDDED.size)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info == {"device": "cpu", "plain_shape": [64, 64, 3], "model": "embedded", "dtype": "torch.float32"}
+    # A call without a size gets the model's trained size too.
+    shape = [EMBEDDED.size, EMBEDDED.size, 3]
+    assert info == {"device": "cpu", "plain_shape": shape, "model": "embedded", "dtype": "torch.float32"}
     a, b, c = np.load(out)
-    assert a.shape == (64, 64, 3)
+    assert list(a.shape) == shape
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 

@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from embedded_facts import EMBEDDED, find_embedded_model
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,7 +58,7 @@ def test_the_installed_library_generates_offline_from_another_directory(tmp_path
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(H2CACHE_EMBEDDED_MODEL=str(ROOT / "assets" / "tiny-flux-scenes"), HF_HUB_OFFLINE="1",
+    env.update(H2CACHE_EMBEDDED_MODEL=str(find_embedded_model()), HF_HUB_OFFLINE="1",
                OMP_NUM_THREADS="1")
     script = ("import torch, h2cache\n"
               "pipe = h2cache.load_pipeline()\n"
@@ -71,4 +73,4 @@ def test_the_installed_library_generates_offline_from_another_directory(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     where, size = done.stdout.strip().splitlines()[-2:]
     assert where.startswith(str(venv)), where  # the installed copy, not the checkout
-    assert size == "(64, 64)"
+    assert size == f"({EMBEDDED.size}, {EMBEDDED.size})"

@@ -26,7 +26,7 @@ def test_a_copied_model_directory_loads_with_the_defaults_it_ships(tmp_path):
     assert generation_defaults(copy) == GENERATION_DEFAULTS[EMBEDDED]
     # The returned dict is a copy: callers may edit it without changing the pipeline's defaults.
     generation_defaults(pipe)["height"] = 1
-    assert generation_defaults(pipe)["height"] == 64
+    assert generation_defaults(pipe)["height"] == GENERATION_DEFAULTS[EMBEDDED]["height"]
 
     (copy / DEFAULTS_FILE).unlink()
     assert generation_defaults(load_pipeline(str(copy), device="cpu")) == {}

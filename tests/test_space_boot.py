@@ -20,6 +20,8 @@ from h2cache.pipelines import write_generation_defaults
 from ui.callbacks import OUTPUT_FIELDS
 from devtools.flux_check import PRESETS, build_pipeline
 from devtools.local_server import ROOT, LocalApp
+
+from embedded_facts import find_embedded_model
 from ui.settings import load_settings
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -59,8 +61,7 @@ def test_every_model_loads_at_startup_in_the_main_process(space):
     seen = events(log)
     assert seen[0]["event"] == "imported", "app.py must import spaces before anything else touches CUDA"
     loads = [e for e in seen if e["event"] == "from_pretrained"]
-    assert {Path(e["model"]).name for e in loads} == {Path(os.environ.get("H2CACHE_EMBEDDED_MODEL") or
-                                                           ROOT / "assets" / "tiny-flux-scenes").name, flux_dir.name}
+    assert {Path(e["model"]).name for e in loads} == {find_embedded_model().name, flux_dir.name}
     assert not any(e["inside_gpu"] for e in loads)
     assert not any(e["event"] == "gpu_start" for e in seen), "the page serves before any GPU call"
 

@@ -16,6 +16,8 @@ from ui.models import ModelRegistry
 from ui.settings import load_settings
 from ui.target_mode import MANUAL_TEXT, MODES, calibrated_thresholds, target_report
 
+from embedded_facts import EMBEDDED
+
 POINTS = [SearchPoint(0.05, 0.075, 0.8, [38.0, 36.0], [0.99, 0.98]), SearchPoint(0.1, 0.15, 0.55, [33.0, 31.0], [0.97, 0.96]),
           SearchPoint(0.2, 0.3, 0.4, [28.0, 25.0], [0.9, 0.88])]
 
@@ -60,12 +62,16 @@ def test_an_unreachable_budget_and_a_missing_size_say_so(registry, store):
 def test_the_handler_sets_the_sliders_only_in_target_mode(registry):
     apply_target = make_apply_target(registry)
     manual = apply_target(MODES[0], 0.5, "embedded", 28, 64, 64)
-    assert manual[2] == MANUAL_TEXT and all(isinstance(v, type(gr.skip())) for v in manual[:2])
-    tau1, tau2, text = apply_target(MODES[1], 0.5, "embedded", 28, 64, 64)  # the shipped calibration
+    assert manual[4] == MANUAL_TEXT and all(isinstance(v, type(gr.skip())) for v in manual[:4])
+    size, steps = EMBEDDED.size, EMBEDDED.steps
+    tau1, tau2, pool1, pool2, text = apply_target(MODES[1], 0.5, "embedded", steps, size, size)  # the shipped one
     if tau1 is None or isinstance(tau1, type(gr.skip())):
-        pytest.fail(f"the embedded model ships a calibration for 64x64 at 28 steps: {text}")
-    assert 0 < tau1.value <= tau2.value and "From the stored calibration at 64x64, 28 steps" in text
-    assert "not loaded yet" in apply_target(MODES[1], 0.5, "black-forest-labs/FLUX.1-dev", 28, 64, 64)[2]
+        pytest.fail(f"the embedded model ships a calibration for its default {size}x{size} at {steps} steps: {text}")
+    assert 0 < tau1.value <= tau2.value and f"From the stored calibration at {size}x{size}, {steps} steps" in text
+    stored = calibrated_thresholds(registry.get("embedded"), steps, size, size, 0.5)
+    assert (pool1.value, pool2.value) == (stored.pool_size_stage1, stored.pool_size_stage2)  # searched with these
+    assert f"pool sizes {pool1.value} and {pool2.value}" in text
+    assert "not loaded yet" in apply_target(MODES[1], 0.5, "black-forest-labs/FLUX.1-dev", 28, 64, 64)[4]
 
 
 def test_the_report_sets_the_achieved_share_against_the_target():

@@ -189,13 +189,13 @@ def show_step(step: float, state: dict[str, Any] | None) -> tuple[Any, ...]:
 
 
 def make_model_change(settings: AppSettings) -> Callable[[str], tuple[Any, ...]]:
-    """Picking a model resets steps, size and thresholds to that model's defaults and ranges."""
+    """Picking a model resets steps, size, thresholds and pool sizes to that model's defaults and ranges."""
 
     def on_model_change(model: str) -> tuple[Any, ...]:
         try:
             spec = settings.model(model)
         except KeyError:
-            return (gr.skip(),) * 5
+            return (gr.skip(),) * 7
         size = dict(minimum=spec.min_size, maximum=spec.max_size, step=spec.size_multiple, value=spec.default_size)
         return (
             gr.Slider(minimum=spec.min_steps, maximum=spec.max_steps, value=spec.default_steps),
@@ -203,23 +203,29 @@ def make_model_change(settings: AppSettings) -> Callable[[str], tuple[Any, ...]]
             gr.Slider(**size),
             gr.Slider(value=spec.tau1),
             gr.Slider(value=spec.tau2),
+            gr.Number(value=spec.pool_size_stage1),
+            gr.Number(value=spec.pool_size_stage2),
         )
 
     return on_model_change
 
 
 def make_apply_target(registry: ModelRegistry) -> Callable[..., tuple[Any, Any, str]]:
-    """In target mode, set tau1 and tau2 from the stored calibration for the model, size and steps."""
+    """In target mode, set tau1, tau2 and the pool sizes they were searched with from the stored calibration
+    for the model, size and steps: (tau1, tau2, pool_size_stage1, pool_size_stage2, text)."""
 
-    def apply_target(mode: str, budget: float, model: str, steps: float, width: float, height: float) -> tuple[Any, Any, str]:
+    def apply_target(mode: str, budget: float, model: str, steps: float, width: float,
+                     height: float) -> tuple[Any, Any, Any, Any, str]:
+        unchanged = (gr.skip(),) * 4
         if mode != MODES[1]:
-            return gr.skip(), gr.skip(), MANUAL_TEXT
+            return *unchanged, MANUAL_TEXT
         pipe = registry.loaded(model) if model in registry.keys else None
         if pipe is None:  # loading FLUX.1 here would block the page for minutes
-            return gr.skip(), gr.skip(), "This model is not loaded yet: run one comparison with it first."
+            return *unchanged, "This model is not loaded yet: run one comparison with it first."
         choice = calibrated_thresholds(pipe, steps, width, height, budget)
         if choice.tau1 is None:
-            return gr.skip(), gr.skip(), choice.text
-        return gr.Slider(value=choice.tau1), gr.Slider(value=choice.tau2), choice.text
+            return *unchanged, choice.text
+        return (gr.Slider(value=choice.tau1), gr.Slider(value=choice.tau2), gr.Number(value=choice.pool_size_stage1),
+                gr.Number(value=choice.pool_size_stage2), choice.text)
 
     return apply_target

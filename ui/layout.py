@@ -84,8 +84,8 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                                        step=0.05, value=0.5, elem_id="budget")
                     target_info = gr.Markdown(MANUAL_TEXT, elem_id="target-info")
                 with gr.Accordion("Advanced", open=False):
-                    pool1 = config_input(published["pool_size_stage1"], limits, defaults.pool_size_stage1)
-                    pool2 = config_input(published["pool_size_stage2"], limits, defaults.pool_size_stage2)
+                    pool1 = config_input(published["pool_size_stage1"], limits, spec.pool_size_stage1)
+                    pool2 = config_input(published["pool_size_stage2"], limits, spec.pool_size_stage2)
                     gr.Markdown("Options beyond the published algorithm (off by default):")
                     counts = [f for f in OPTION_INPUTS if f.kind is not bool]
                     with gr.Row():  # the counts side by side, the switches below them
@@ -160,8 +160,8 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                               outputs=[c[name] for name in SCRUB_OUTPUTS],
                               api_visibility="private", queue=False, show_progress="hidden")
         target = dict(fn=make_apply_target(registry), inputs=[mode, budget, model, steps, width, height],
-                      outputs=[tau1, tau2, target_info], api_visibility="private", queue=False)
-        model.change(make_model_change(settings), inputs=[model], outputs=[steps, width, height, tau1, tau2],
+                      outputs=[tau1, tau2, pool1, pool2, target_info], api_visibility="private", queue=False)
+        model.change(make_model_change(settings), inputs=[model], outputs=[steps, width, height, tau1, tau2, pool1, pool2],
                      api_visibility="private", queue=False).then(**target, api_name="apply_target_for_model")
         gr.on(triggers=[mode.change, budget.release, steps.release, width.release, height.release], **target,
               api_name="apply_target")

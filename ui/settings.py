@@ -79,6 +79,10 @@ class ModelSpec:
     default_steps: int
     tau1: float
     tau2: float
+    # PFS pool sizes the page starts with for this model: the published 2048/384 pool a small model's few
+    # tokens with k = 1 (no pooling), so a small model lists the sizes that give FLUX.1's kernels at its size.
+    pool_size_stage1: int = _PUBLISHED.pool_size_stage1
+    pool_size_stage2: int = _PUBLISHED.pool_size_stage2
     zero_gpu: bool = True  # offered (and loaded at startup) on a ZeroGPU Space
     gpu_estimate: GpuEstimate | None = None
 
@@ -98,8 +102,6 @@ class Defaults:
     model: str
     prompt: str
     seed: int
-    pool_size_stage1: int
-    pool_size_stage2: int
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class AppSettings:
         raise KeyError(key)
 
 
-def _model(raw: dict[str, Any], index: int) -> ModelSpec:
+def _model(raw: dict[str, Any], index: int, defaults: dict[str, Any]) -> ModelSpec:
     where = f"models[{index}]"
     key = _get(raw, "key", str, where)
     sizes = _get(raw, "sizes", dict, where)
@@ -167,6 +169,10 @@ def _model(raw: dict[str, Any], index: int) -> ModelSpec:
         default_steps=_get(raw, "default_steps", int, where, gen.get("num_inference_steps", 0)),
         tau1=_get(raw, "tau1", float, where, _PUBLISHED.tau1),
         tau2=_get(raw, "tau2", float, where, _PUBLISHED.tau2),
+        pool_size_stage1=_get(raw, "pool_size_stage1", int, where,
+                              _get(defaults, "pool_size_stage1", int, "defaults", _PUBLISHED.pool_size_stage1)),
+        pool_size_stage2=_get(raw, "pool_size_stage2", int, where,
+                              _get(defaults, "pool_size_stage2", int, "defaults", _PUBLISHED.pool_size_stage2)),
         zero_gpu=_get(raw, "zero_gpu", bool, where, True),
         gpu_estimate=_gpu_estimate(raw, where),
     )
@@ -223,7 +229,7 @@ def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
     queue = _get(raw, "queue", dict, "<root>", {})
     limits_raw = _get(raw, "limits", dict, "<root>")
     defaults_raw = _get(raw, "defaults", dict, "<root>")
-    models = tuple(_model(m, i) for i, m in enumerate(_get(raw, "models", list, "<root>")))
+    models = tuple(_model(m, i, defaults_raw) for i, m in enumerate(_get(raw, "models", list, "<root>")))
     if not models:
         raise SettingsError("space.yaml: models must list at least one model")
     limits = Limits(
@@ -238,9 +244,12 @@ def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
         model=_get(defaults_raw, "model", str, "defaults"),
         prompt=_get(defaults_raw, "prompt", str, "defaults"),
         seed=_get(defaults_raw, "seed", int, "defaults", 0),
-        pool_size_stage1=_get(defaults_raw, "pool_size_stage1", int, "defaults", _PUBLISHED.pool_size_stage1),
-        pool_size_stage2=_get(defaults_raw, "pool_size_stage2", int, "defaults", _PUBLISHED.pool_size_stage2),
     )
+    for spec in models:
+        for pool in (spec.pool_size_stage1, spec.pool_size_stage2):
+            if not limits.pool_size_min <= pool <= limits.pool_size_max:
+                raise SettingsError(f"space.yaml: model {spec.key!r}: pool sizes must be from limits.pool_size_min "
+                                    f"({limits.pool_size_min}) to limits.pool_size_max ({limits.pool_size_max}), got {pool}")
     if defaults.model not in {m.key for m in models}:
         raise SettingsError(f"space.yaml: defaults.model {defaults.model!r} is not one of the listed models")
     examples = tuple(

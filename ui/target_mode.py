@@ -23,6 +23,9 @@ class TargetChoice:
     tau1: float | None  # None: nothing stored for this model and size; the thresholds stay as they are
     tau2: float | None
     text: str
+    # The PFS pool sizes the search ran with: thresholds only mean the same distances with the same pooling.
+    pool_size_stage1: int | None = None
+    pool_size_stage2: int | None = None
 
 
 def _number(value: Any, low: float, high: float) -> float | None:
@@ -54,10 +57,12 @@ def calibrated_thresholds(pipe: Any, steps: Any, width: Any, height: Any, budget
     if used != int(steps_n):
         where += f" (nearest to the {int(steps_n)} requested; stored: {', '.join(map(str, stored_steps))})"
     verdict = "within" if cal.met else "**above** (no calibrated point reaches it; this is the cheapest)"
-    text = (f"From the stored calibration at {where}: τ1 = {cal.config.tau1:.3f}, τ2 = {cal.config.tau2:.3f} ran "
-            f"{cal.blocks_share:.1%} of the blocks there, {verdict} the {share:.0%} target, at median PSNR "
-            f"{statistics.median(cal.psnr):.1f} dB on the calibration prompts ({len(cal.points)} points searched).")
-    return TargetChoice(round(cal.config.tau1, 3), round(cal.config.tau2, 3), text)
+    pools = (cal.config.pool_size_stage1, cal.config.pool_size_stage2)
+    text = (f"From the stored calibration at {where}: τ1 = {cal.config.tau1:.3f}, τ2 = {cal.config.tau2:.3f} "
+            f"(pool sizes {pools[0]} and {pools[1]}) ran {cal.blocks_share:.1%} of the blocks there, {verdict} the "
+            f"{share:.0%} target, at median PSNR {statistics.median(cal.psnr):.1f} dB on the calibration prompts "
+            f"({len(cal.points)} points searched).")
+    return TargetChoice(round(cal.config.tau1, 3), round(cal.config.tau2, 3), text, *pools)
 
 
 def target_report(mode: Any, budget: Any, details: Any) -> str:
