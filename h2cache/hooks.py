@@ -437,8 +437,10 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
         >>> handle = h2cache.apply_h2_cache(pipe, h2cache.H2CacheConfig(tau1=0.15, tau2=0.22))
         >>> image = pipe("a small red circle at the top left on a striped blue background",
         ...              **h2cache.generation_defaults(pipe), generator=torch.Generator().manual_seed(0)).images[0]
-        >>> [(r.context, r.step, r.hit1) for r in handle.trace][:2]  # the embedded model runs true CFG
-        [('cond', 0, False), ('uncond', 0, False)]
+        >>> # one transformer call per step (guidance distilled, as in FLUX.1-dev), so one cache context;
+        >>> # step 0 has no reference to compare with
+        >>> [(r.context, r.step, r.hit1) for r in handle.trace][:2]
+        [('cond', 0, False), ('cond', 1, True)]
         >>> handle.remove()
 
         ```

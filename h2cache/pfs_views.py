@@ -15,15 +15,15 @@ device during the call (no extra host syncs in the timed run) and are copied to 
 
 Example:
     >>> import torch, h2cache
-    >>> pipe = h2cache.load_pipeline()  # the embedded model: 64 image tokens at 64x64
+    >>> pipe = h2cache.load_pipeline()  # the embedded model: 256 image tokens at 128x128
     >>> handle = h2cache.apply_h2_cache(pipe, h2cache.H2CacheConfig(tau1=0.15, tau2=0.22, pool_size_stage1=16))
     >>> views = handle.pfs.enable()
     >>> args = {**h2cache.generation_defaults(pipe), "num_inference_steps": 8}
     >>> _ = pipe("a small red circle at the top left on a striped blue background", **args,
     ...          generator=torch.Generator().manual_seed(0))
     >>> v = views.find(step=3, context="cond", stage=1)
-    >>> v.kernel, v.thumbnail_shape, v.image_magnitude.shape  # k = 64 // 16 on a 64 x 128 residual
-    (4, (16, 32), (64,))
+    >>> v.kernel, v.thumbnail_shape, v.image_magnitude.shape  # k = 256 // 16 on a 256 x 96 residual
+    (16, (16, 6), (256,))
     >>> v.distance == handle.trace.for_context("cond")[3].d1
     True
     >>> handle.remove()

@@ -4,7 +4,7 @@ Example:
     >>> import h2cache
     >>> pipe = h2cache.load_pipeline()                     # assets/tiny-flux-scenes, no network
     >>> h2cache.generation_defaults(pipe)["height"]
-    64
+    128
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 
 # Per-model call arguments: what the model was trained or distilled for.
 GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Trained at 64x64 with 16 T5 tokens; true CFG against the empty prompt (trained with 10% prompt dropout).
-    EMBEDDED: {"height": 64, "width": 64, "num_inference_steps": 28, "max_sequence_length": 16,
-               "true_cfg_scale": 3.0, "negative_prompt": ""},
+    # Trained at 128x128 with 16 T5 tokens; CFG distilled into the guidance embedding (one call per step),
+    # trained for scales 1 to 5. The shipped directory's generation_defaults.json says the same.
+    EMBEDDED: {"height": 128, "width": 128, "num_inference_steps": 28, "max_sequence_length": 16,
+               "guidance_scale": 3.0},
     FLUX_SCHNELL: {"height": 1024, "width": 1024, "num_inference_steps": 4, "guidance_scale": 0.0,
                    "max_sequence_length": 256},
     FLUX_DEV: {"height": 1024, "width": 1024, "num_inference_steps": 28, "guidance_scale": 3.5,

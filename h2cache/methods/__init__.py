@@ -17,8 +17,8 @@ Example:
     >>> handle = apply_method(pipe, "h2cache", tau1=0.15, tau2=0.22, flops=flops, num_inference_steps=8)
     >>> image = pipe("a large red circle at the center on a striped blue background",
     ...              **call, generator=torch.Generator().manual_seed(0)).images[0]
-    >>> len(handle.trace), handle.trace.contexts  # one record per transformer call: 8 steps x 2 contexts
-    (16, ['cond', 'uncond'])
+    >>> len(handle.trace), handle.trace.contexts  # one record per transformer call: one call per step
+    (8, ['cond'])
     >>> handle.trace.blocks_share() < 1, handle.trace.flops_share() < 1
     (True, True)
     >>> handle.remove()
@@ -27,7 +27,7 @@ Example:
     ...                  **call, generator=torch.Generator().manual_seed(0)).images[0]
     ...     # every block runs, but from step 3 every other step predicts its attention instead of computing it
     ...     [r.attn_run for r in handle.trace.for_context("cond")], handle.trace.blocks_share()
-    ([12, 12, 12, 0, 12, 0, 12, 0], 1.0)
+    ([24, 24, 24, 0, 24, 0, 24, 0], 1.0)
 """
 
 from .base import ApplyContext, Attachment, Method, MethodHandle

@@ -183,8 +183,9 @@ def calibrate_magcache(pipe: Any, prompts: Sequence[str], seeds: Sequence[int] =
         >>> pipe.set_progress_bar_config(disable=True)
         >>> cal = calibrate_magcache(pipe, ["a red circle at the center on a plain blue background"],
         ...                          **dict(h2cache.generation_defaults(pipe), num_inference_steps=6))
-        >>> len(cal["ratios"]), sorted(cal["by_context"]), cal["runs"]  # true CFG: one list per context
-        (6, ['cond', 'uncond'], 2)
+        >>> # one list per cache context: one here (guidance distilled); 'cond' and 'uncond' under true CFG
+        >>> len(cal["ratios"]), sorted(cal["by_context"]), cal["runs"]
+        (6, ['cond'], 1)
         >>> pipe.transformer.is_cache_enabled  # calibration mode is switched off again
         False
     """

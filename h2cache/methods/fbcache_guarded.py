@@ -20,7 +20,7 @@ Example:
     ...              generator=torch.Generator().manual_seed(0)).images[0]
     >>> # 2 warm-up steps (ceil(0.2 x 8)), a full call after 2 reusing ones, the last step; 1: leader block only
     >>> [r.blocks_run for r in handle.trace.for_context("cond")]
-    [12, 12, 1, 1, 12, 1, 1, 12]
+    [24, 24, 1, 1, 24, 1, 1, 24]
     >>> handle.remove()
 """
 

@@ -27,8 +27,8 @@ Example:
     >>> image = pipe("a red circle at the center on a plain blue background",
     ...              **dict(h2cache.generation_defaults(pipe), num_inference_steps=8),
     ...              generator=torch.Generator().manual_seed(0)).images[0]
-    >>> [r.blocks_run for r in handle.trace.for_context("uncond")]
-    [12, 12, 2, 2, 12, 2, 2, 12]
+    >>> [r.blocks_run for r in handle.trace.for_context("cond")]
+    [24, 24, 2, 2, 24, 2, 2, 24]
     >>> handle.remove()
 """
 

@@ -23,9 +23,9 @@ Example:
     >>> meter = BlockMeter(pipe.transformer).attach()
     >>> _ = pipe("a red circle", **dict(h2cache.generation_defaults(pipe), num_inference_steps=2),
     ...          generator=torch.Generator().manual_seed(0))
-    >>> # no cache: each of the 12 blocks (4 double-stream, 8 single-stream) runs in every call
+    >>> # no cache: each of the 24 blocks (8 double-stream, 16 single-stream) runs in every call
     >>> [(r.context, r.step, r.blocks_run, r.hit) for r in meter.trace]
-    [('cond', 0, 12, False), ('uncond', 0, 12, False), ('cond', 1, 12, False), ('uncond', 1, 12, False)]
+    [('cond', 0, 24, False), ('cond', 1, 24, False)]
     >>> meter.detach()
 """
 
@@ -319,9 +319,9 @@ def measure_flop_table(pipe: Any, prompt: str = "a", **call_kwargs: Any) -> Flop
         >>> pipe = h2cache.load_pipeline()
         >>> pipe.set_progress_bar_config(disable=True)
         >>> table = measure_flop_table(pipe, **h2cache.generation_defaults(pipe))
-        >>> # 64x64 pixels: 16x16 latents (VAE factor 4) in 2x2 patches; max_sequence_length=16 T5 tokens
+        >>> # 128x128 pixels: 32x32 latents (VAE factor 4) in 2x2 patches; max_sequence_length=16 T5 tokens
         >>> len(table.blocks), table.image_tokens, table.text_tokens
-        (12, 64, 16)
+        (24, 256, 16)
         >>> all(0 < b.attn < b.total for b in table.blocks)
         True
     """

@@ -361,9 +361,9 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], seeds: Sequence[int] =
         >>> pipe.set_progress_bar_config(disable=True)
         >>> cal = calibrate_teacache(pipe, ["a red circle at the center on a plain blue background"],
         ...                          **dict(h2cache.generation_defaults(pipe), num_inference_steps=6))
-        >>> # one (input change, output change) pair per step after the first, in each of the 2 CFG contexts
+        >>> # one (input change, output change) pair per step after the first, in each cache context (one here)
         >>> len(cal["coefficients"]), cal["pairs"], cal["num_inference_steps"]
-        (5, 10, 6)
+        (5, 5, 6)
         >>> low, high = cal["input_change_range"]
         >>> 0 < low < high
         True
