@@ -8,16 +8,15 @@ checks comes from here.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from h2cache.pipelines import EMBEDDED_MODEL_DIR
 
 
 def find_embedded_model() -> Path:
-    """H2CACHE_EMBEDDED_MODEL if set, else the shipped assets/tiny-flux-scenes."""
-    return Path(os.environ.get("H2CACHE_EMBEDDED_MODEL") or ROOT / "assets" / "tiny-flux-scenes")
+    """The directory the library loads as the embedded model (H2CACHE_EMBEDDED_MODEL, else assets/)."""
+    return EMBEDDED_MODEL_DIR
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,6 @@ from h2cache.config import H2CacheConfig
 from h2cache.metrics import compare_images, lpips_availability
 from h2cache.trace import StepRecord
 
-from embedded_facts import EMBEDDED
-
 from ui.callbacks import OUTPUT_FIELDS, make_generate, make_model_change, show_step
 from ui.difference import difference_map
 from ui.gpu import on_gpu
@@ -35,6 +33,8 @@ from ui.server_address import server_address
 from ui.settings import SettingsError, load_settings
 from ui.trace_view import computed_mask, decision_text, guard_forced, shown_context
 from ui.validation import INPUT_FIELDS, make_validator
+
+from embedded_facts import EMBEDDED
 
 PROMPT = "a large red circle at the center on a striped blue background"
 STEPS = 10

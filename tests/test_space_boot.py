@@ -20,9 +20,9 @@ from h2cache.pipelines import write_generation_defaults
 from ui.callbacks import OUTPUT_FIELDS
 from devtools.flux_check import PRESETS, build_pipeline
 from devtools.local_server import ROOT, LocalApp
+from ui.settings import load_settings
 
 from embedded_facts import find_embedded_model
-from ui.settings import load_settings
 
 gradio_client = pytest.importorskip("gradio_client")
 STANDIN = Path(__file__).resolve().parent / "space_standin"

@@ -150,7 +150,8 @@ class AppSettings:
         raise KeyError(key)
 
 
-def _model(raw: dict[str, Any], index: int, defaults: dict[str, Any]) -> ModelSpec:
+def _model(raw: dict[str, Any], index: int, pools: tuple[int, int]) -> ModelSpec:
+    """One ``models`` entry; `pools` are the pool sizes of a model that lists none (``defaults``)."""
     where = f"models[{index}]"
     key = _get(raw, "key", str, where)
     sizes = _get(raw, "sizes", dict, where)
@@ -169,10 +170,8 @@ def _model(raw: dict[str, Any], index: int, defaults: dict[str, Any]) -> ModelSp
         default_steps=_get(raw, "default_steps", int, where, gen.get("num_inference_steps", 0)),
         tau1=_get(raw, "tau1", float, where, _PUBLISHED.tau1),
         tau2=_get(raw, "tau2", float, where, _PUBLISHED.tau2),
-        pool_size_stage1=_get(raw, "pool_size_stage1", int, where,
-                              _get(defaults, "pool_size_stage1", int, "defaults", _PUBLISHED.pool_size_stage1)),
-        pool_size_stage2=_get(raw, "pool_size_stage2", int, where,
-                              _get(defaults, "pool_size_stage2", int, "defaults", _PUBLISHED.pool_size_stage2)),
+        pool_size_stage1=_get(raw, "pool_size_stage1", int, where, pools[0]),
+        pool_size_stage2=_get(raw, "pool_size_stage2", int, where, pools[1]),
         zero_gpu=_get(raw, "zero_gpu", bool, where, True),
         gpu_estimate=_gpu_estimate(raw, where),
     )
@@ -229,7 +228,9 @@ def load_settings(path: str | Path = DEFAULT_SETTINGS_PATH) -> AppSettings:
     queue = _get(raw, "queue", dict, "<root>", {})
     limits_raw = _get(raw, "limits", dict, "<root>")
     defaults_raw = _get(raw, "defaults", dict, "<root>")
-    models = tuple(_model(m, i, defaults_raw) for i, m in enumerate(_get(raw, "models", list, "<root>")))
+    pools = (_get(defaults_raw, "pool_size_stage1", int, "defaults", _PUBLISHED.pool_size_stage1),
+             _get(defaults_raw, "pool_size_stage2", int, "defaults", _PUBLISHED.pool_size_stage2))
+    models = tuple(_model(m, i, pools) for i, m in enumerate(_get(raw, "models", list, "<root>")))
     if not models:
         raise SettingsError("space.yaml: models must list at least one model")
     limits = Limits(
