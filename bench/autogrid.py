@@ -22,7 +22,8 @@ Knobs (:func:`knob_for`, from the method's declared settings, so a new method ca
 * ``threshold`` (FirstBlockCache, TeaCache, MagCache and their variants): the analogous one-threshold search.
 * ``cache_interval`` (TaylorSeer): whole numbers, scanned without bisection.
 
-Every other setting (guards, pool sizes, MagCache's K) stays at its default.
+Every other setting (guards, pool sizes, MagCache's K) stays at its default, or at the value ``--fix`` holds
+it at (:func:`holding`), in the search and in the benchmark alike.
 
 Two rules keep degenerate thresholds out of the grid. The sweep stops once the share stops falling at the
 bottom of its range (the method reuses all it can), and a target the method cannot reach gets its cheapest
@@ -49,6 +50,8 @@ from h2cache.calibrate import BISECTIONS, COARSE_TAU1, PSNR_CAP, RATIOS
 from h2cache.compare import generate
 from h2cache.methods import CalibrationStore, FlopTable, Method, apply_method, get_method
 from h2cache.metrics import psnr
+
+from .spec import with_fixed
 
 OFF_TARGET = 0.05  # |share - target| beyond this: the method cannot reach the target
 
@@ -173,6 +176,19 @@ def select_grids(methods: tuple[str, ...], explicit: dict[str, Any], targets: tu
         grids[name] = [dict(s) for s in dict.fromkeys(tuple(s.items()) for s in chosen)]
         record[name] = {**found, "default": default}
     return grids, record
+
+
+def holding(measure: Measure, fixed: dict[str, Any]) -> Measure:
+    """`measure` with the ``--fix`` settings added where the method declares them (:func:`bench.spec.with_fixed`),
+    so the search scores the settings the benchmark will run.
+
+    Example:
+        >>> seen = []
+        >>> held = holding(lambda name, settings: seen.append((name, settings)), {"pool_size_stage1": 128})
+        >>> held("h2cache", {"tau1": 0.1}); held("fbcache", {"threshold": 0.1}); seen
+        [('h2cache', {'pool_size_stage1': 128, 'tau1': 0.1}), ('fbcache', {'threshold': 0.1})]
+    """
+    return lambda name, settings: measure(name, with_fixed(name, settings, fixed))
 
 
 def pipeline_measure(pipe: Any, prompts: list[str], call_args: dict[str, Any], store: CalibrationStore,

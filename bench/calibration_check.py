@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from h2cache.calibrate import PointScorer, SearchStore, grid, stored_calibration
 from h2cache.config import H2CacheConfig
 from h2cache.pipelines import generation_defaults, load_pipeline
-from h2cache.scenes import sample_specs
+from embedded_model.scenes import sample_specs
 
 HELD_OUT_SEED = 7  # a draw of the held-out split that no calibration used
 

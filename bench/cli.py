@@ -10,7 +10,7 @@ from typing import Any
 
 from h2cache.methods import METHODS
 from .quality import BASES
-from .spec import DEFAULT_METHODS, DEFAULT_PROMPTS, TEXT_PROMPTS, BenchConfig, parse_grid
+from .spec import DEFAULT_METHODS, DEFAULT_PROMPTS, TEXT_PROMPTS, BenchConfig, parse_fixed, parse_grid
 from .verdicts import PEERS, SUBJECTS
 
 
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                f"choose from {', '.join(METHODS)}")
     parser.add_argument("--grid", action="append", default=[], metavar="METHOD:KEY=V1,V2[:KEY=...]",
                         help="replace a method's default grid (repeatable); values are range-checked")
+    parser.add_argument("--fix", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="hold a setting for every method that declares it, in explicit and auto grids alike "
+                             "(e.g. pool_size_stage1=128 pool_size_stage2=22: FLUX.1's PFS kernels at the "
+                             "embedded model's 128x128)")
     parser.add_argument("--auto-grid", type=float, nargs="+", metavar="SHARE",
                         help="one grid rule for every method: one point per target share of block FLOPs run "
                              "(e.g. 0.85 0.65 0.45 0.3): the best PSNR within 5 points under it on the calibration "
@@ -111,6 +115,7 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
 def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> BenchConfig:
     try:
         grids = dict(parse_grid(text) for text in args.grid)
+        fixed = parse_fixed(args.fix, tuple(dict.fromkeys(args.methods)))
     except ValueError as exc:
         parser.error(str(exc))
     for name, value in (("--num-prompts", args.num_prompts), ("--warmup", args.warmup)):
@@ -133,7 +138,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return BenchConfig(
         model=args.model, prompts_file=args.prompts, num_prompts=args.num_prompts or None,
         steps=tuple(args.steps), seeds=tuple(args.seeds), methods=tuple(dict.fromkeys(args.methods)), grids=grids,
-        warmup=args.warmup, repeats=args.repeats, out=args.out, device=args.device, call_overrides=overrides,
+        fixed=fixed,        warmup=args.warmup, repeats=args.repeats, out=args.out, device=args.device, call_overrides=overrides,
         calibration_file=args.calibration, calibrate=args.calibrate, calibration_prompts=args.calibration_prompts,
         calibration_prompts_file=args.calibration_prompts_file,
         auto_grid=tuple(args.auto_grid) if args.auto_grid else None, auto_grid_prompts=args.auto_grid_prompts,

@@ -215,14 +215,15 @@ def _grids_by_steps(pipe: Any, config: BenchConfig, state: Any, store: Calibrati
     grids: dict[int, dict[str, Any]] = {steps: dict(config.grids) for steps in config.steps}
     if not config.auto_grid:
         return grids, None
-    from .autogrid import pipeline_measure, select_grids
+    from .autogrid import holding, pipeline_measure, select_grids
 
     path = out / "auto_grid.json"
     if state.is_main_process:
         chosen = {}
         for steps in config.steps:
             args = _call_args(pipe, config, steps)
-            measure = pipeline_measure(pipe, prompts, args, store, flop_tables[_shape_key(args)])
+            measure = holding(pipeline_measure(pipe, prompts, args, store, flop_tables[_shape_key(args)]),
+                              config.fixed)
             selected, record = select_grids(config.methods, config.grids, tuple(config.auto_grid), measure, log)
             chosen[str(steps)] = {"grids": selected, "methods": record}
         path.write_text(json.dumps({"targets": list(config.auto_grid), "prompts": prompts,
@@ -298,7 +299,7 @@ def _prepare(config: BenchConfig, state: Any, device: str, out: Path) -> _Setup:
                                                 flop_tables, out, log)
     variants_by_steps = {}
     for steps in config.steps:
-        variants = expand_variants(config.methods, grids_by_steps[steps])
+        variants = expand_variants(config.methods, grids_by_steps[steps], config.fixed)
         # the uncached reference first: every other variant is scored against it
         variants_by_steps[steps] = [v for v in variants if v.method == "none"][:1] + [
             v for v in variants if v.method != "none"]

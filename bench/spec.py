@@ -66,6 +66,7 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = DEFAULT_METHODS
     grids: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)  # --fix: held for every method that declares the key
     warmup: int = 1
     repeats: int = 3
     out: str = "runs/bench"
@@ -106,13 +107,37 @@ def parse_grid(text: str) -> tuple[str, dict[str, tuple[Any, ...]]]:
     return method.name, grid
 
 
+def parse_fixed(texts: list[str], methods: tuple[str, ...]) -> dict[str, Any]:
+    """``['key=value', ...]`` -> {key: value}, each value range-checked by every method in `methods` that
+    declares the key; a key that none of them declares is an error (it would silently change nothing)."""
+    fixed: dict[str, Any] = {}
+    for text in texts:
+        if "=" not in text:
+            raise ValueError(f"--fix {text!r} is not KEY=VALUE")
+        key, value = (part.strip() for part in text.split("=", 1))
+        declaring = [get_method(m) for m in methods if any(s.name == key for s in get_method(m).settings)]
+        if not declaring:
+            raise ValueError(f"--fix {key}: no method in --methods has a setting {key!r}")
+        parsed = {m.setting(key).parse(m.name, value) for m in declaring}
+        fixed[key] = parsed.pop()
+    return fixed
+
+
+def with_fixed(method: str, settings: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    """`settings` plus the `fixed` settings that `method` declares and `settings` does not set itself."""
+    declared = {s.name for s in get_method(method).settings}
+    return {**{k: v for k, v in fixed.items() if k in declared}, **settings}
+
+
 Grid = dict[str, tuple[Any, ...]] | list[dict[str, Any]]  # a cartesian product, or a list of points
 
 
-def expand_variants(methods: list[str] | tuple[str, ...], grids: dict[str, Grid]) -> list[Variant]:
+def expand_variants(methods: list[str] | tuple[str, ...], grids: dict[str, Grid],
+                    fixed: dict[str, Any] | None = None) -> list[Variant]:
     """Each method's grid (given, else its default grid) as variants: a dict of value lists is a cartesian
-    product, a list of settings dicts is taken point by point. A variant that repeats an earlier one is
-    dropped (it would give the same images)."""
+    product, a list of settings dicts is taken point by point; `fixed` settings (``--fix``) are added where the
+    method declares them and the point leaves them open. A variant that repeats an earlier one is dropped (it
+    would give the same images)."""
     variants: list[Variant] = []
     for name in methods:
         method = get_method(name)
@@ -123,6 +148,7 @@ def expand_variants(methods: list[str] | tuple[str, ...], grids: dict[str, Grid]
         else:
             points = [dict(point) for point in grid]
         for point in points:
+            point = with_fixed(name, point, fixed or {})
             method.validate(**point)
             variant = Variant(name, tuple(point.items()))
             if variant not in variants:

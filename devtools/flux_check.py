@@ -64,7 +64,7 @@ PRESETS = {
 
 def build_pipeline(preset: Preset) -> Any:
     """A FluxPipeline of `preset`'s shapes with random weights, built on the preset's device."""
-    from h2cache.training.components import SPECIAL_TOKENS, vocabulary
+    from embedded_model.training.components import SPECIAL_TOKENS, vocabulary
 
     vocab = len(SPECIAL_TOKENS) + len(vocabulary())
     torch.manual_seed(0)
@@ -84,7 +84,7 @@ def _assemble(preset: Preset, vocab: int) -> Any:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from h2cache.training.components import build_tokenizer
+    from embedded_model.training.components import build_tokenizer
 
     transformer = FluxTransformer2DModel(**preset.transformer)
     vae = AutoencoderKL(

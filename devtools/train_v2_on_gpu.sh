@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Finish the v2 embedded model on a lent GPU (the device tool), in two calls that each fit its 10-minute limit.
 #
-#   STEP=1  import the VAE, render and encode the 128x128 scenes, fine-tune at 128x128 starting from the
-#           pretraining checkpoint in assets/tiny-flux-scenes-v2-pretrain (the 64x64 phase, done on a CPU)
+#   STEP=1  import the VAE, render and encode the 128x128 scenes, fine-tune at 128x128 starting from $INIT:
+#           by default the shipped v2 model (assets/tiny-flux-scenes, fine-tuned 1,200 steps and distilled on a
+#           CPU), so a GPU continues where the CPU stopped. To redo the 128x128 phases from the 64x64 pretraining
+#           instead, restore it first (`git checkout d94d142 -- assets/tiny-flux-scenes-v2-pretrain`, 20 MB, not
+#           in the tree since v2 shipped) and set INIT=assets/tiny-flux-scenes-v2-pretrain.
 #   STEP=2  distil true CFG into the guidance embedding, export the FluxPipeline directory, judge prompt
 #           adherence on 200 held-out prompts at 10, 28 and 50 steps
 #
@@ -24,13 +27,13 @@ DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-runs/embedded-v2-gpu}
 OUT=${OUT:-runs/embedded-v2-gpu-out}
 mkdir -p "$OUT"
-train() { python3 -m h2cache.training --arch v2 --work "$WORK" --device "$DEVICE" --images "${IMAGES:-40000}" "$@"; }
+train() { python3 -m embedded_model.training --arch v2 --work "$WORK" --device "$DEVICE" --images "${IMAGES:-40000}" "$@"; }
 
 case "${STEP:-1}" in
 1)
   train --stage vae --vae-from assets/tiny-flux-scenes
   init=()
-  [ -f "$WORK/finetune.pt" ] || init=(--init-from assets/tiny-flux-scenes-v2-pretrain)
+  [ -f "$WORK/finetune.pt" ] || init=(--init-from "${INIT:-assets/tiny-flux-scenes}")
   train --stage finetune --finetune-steps "${FINETUNE_STEPS:-6000}" --minutes "${FINETUNE_MINUTES:-6}" "${init[@]}"
   cp "$WORK"/*_loss.csv "$OUT"/ 2>/dev/null || true  # written every 50 steps
   ;;
@@ -38,7 +41,7 @@ case "${STEP:-1}" in
   train --stage distill --distill-steps "${DISTILL_STEPS:-3000}" --minutes "${DISTILL_MINUTES:-3}"
   train --stage export --out "$WORK/tiny-flux-scenes"
   cp "$WORK"/*_loss.csv "$OUT"/ 2>/dev/null || true  # written every 50 steps
-  python3 -m h2cache.training.evaluate --model "$WORK/tiny-flux-scenes" --prompts "${EVAL_PROMPTS:-200}" \
+  python3 -m embedded_model.training.evaluate --model "$WORK/tiny-flux-scenes" --prompts "${EVAL_PROMPTS:-200}" \
       --steps 10 28 50 --device "$DEVICE" --out "$OUT"
   tar -C "$WORK" -cf - tiny-flux-scenes | split -b 15m - "$OUT/model.tar.part-"
   ;;

@@ -92,7 +92,7 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
     if key == EMBEDDED:
         if not (EMBEDDED_MODEL_DIR / "model_index.json").exists():
             raise FileNotFoundError(
-                f"embedded model not found at {EMBEDDED_MODEL_DIR}; train it with `python -m h2cache.training` "
+                f"embedded model not found at {EMBEDDED_MODEL_DIR}; train it with `python -m embedded_model.training` "
                 "or set H2CACHE_EMBEDDED_MODEL")
         pipe = FluxPipeline.from_pretrained(EMBEDDED_MODEL_DIR, local_files_only=True, dtype=dtype or torch.float32)
         # pipe(prompt) without a size then renders at the trained size, not FLUX's 1024.

@@ -54,7 +54,12 @@ def is_embedded(model: str | None) -> bool:
 
 
 def _scene_prompts(count: int, avoid: set[str]) -> list[str]:
-    from .scenes import sample_specs
+    try:
+        from embedded_model.scenes import sample_specs
+    except ImportError as exc:  # installed library, run outside a checkout
+        raise RuntimeError("the embedded model's calibration prompts come from its scene grammar, "
+                           "embedded_model/scenes/ in the project checkout; run from the checkout, or pass "
+                           "prompts of your own") from exc
 
     # A longer draw from the same generator starts with the shorter one, so with nothing to avoid these
     # are exactly the prompts the shipped calibrations were made on.

@@ -20,7 +20,7 @@ def embedded_model_dir() -> Path:
     found = find_embedded_model()
     # The model ships with the project: its absence is a failure, not a reason to skip.
     assert (found / "model_index.json").exists(), (
-        f"no embedded model at {found}: train it with `python -m h2cache.training` or set H2CACHE_EMBEDDED_MODEL")
+        f"no embedded model at {found}: train it with `python -m embedded_model.training` or set H2CACHE_EMBEDDED_MODEL")
     return found
 
 

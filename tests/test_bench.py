@@ -82,10 +82,26 @@ def test_grid_parsing_checks_names_and_ranges():
     assert labels == ["none", "h2cache(tau1=0.1,tau2=0.3)", "h2cache(tau1=0.2,tau2=0.3)"]
 
 
+def test_fixed_settings_are_checked_and_reach_only_the_methods_that_declare_them(capsys):
+    config = parse_config(["--methods", "none", "h2cache", "fbcache", "--fix", "pool_size_stage1=128",
+                           "pool_size_stage2=22"])
+    assert config.fixed == {"pool_size_stage1": 128, "pool_size_stage2": 22}
+    labels = [v.label for v in expand_variants(config.methods, {"h2cache": {"tau1": (0.1,), "pool_size_stage2": (7,)},
+                                                                  "fbcache": {"threshold": (0.1,)}}, config.fixed)]
+    # a grid's own value wins over --fix; a method without the setting is left alone
+    assert labels == ["none", "h2cache(pool_size_stage1=128,pool_size_stage2=7,tau1=0.1)", "fbcache(threshold=0.1)"]
+    for argv, message in ((["--methods", "none", "fbcache", "--fix", "pool_size_stage1=128"], "no method in --methods"),
+                          (["--methods", "none", "h2cache", "--fix", "pool_size_stage1=0"], "pool_size_stage1"),
+                          (["--fix", "tau1"], "KEY=VALUE")):
+        with pytest.raises(SystemExit):
+            parse_config(argv)
+        assert message in capsys.readouterr().err
+
+
 def test_shipped_prompt_sets():
     embedded = read_prompts(ROOT / "bench/prompts/embedded.txt")
     assert len(embedded) >= 16
-    from h2cache.scenes import parse_prompt
+    from embedded_model.scenes import parse_prompt
 
     assert all(parse_prompt(p).is_held_out() for p in embedded)  # never seen in training
     text = read_prompts(ROOT / "bench/prompts/cute_text.txt")
@@ -185,6 +201,7 @@ def test_auto_grid_gives_every_method_one_point_per_target(tiny_model_dir, promp
                     "--steps", "5", "--height", "16", "--width", "16", "--max-sequence-length", "16",
                     "--repeats", "1", "--warmup", "0", "--methods", "none", "h2cache", "fbcache",
                     "h2cache-one-probe", "--grid", "fbcache:threshold=0.3", "--auto-grid", *map(str, targets),
+                    "--fix", "pool_size_stage2=4",
                     "--calibration-prompts", "2", "--auto-grid-prompts", "1", "--calibration", str(tmp_path / "cal.json"),
                     "--no-lpips", "--no-progress", "--no-plots", "--no-decision-cost", "--out", str(tmp_path / "auto")])
     auto = results["meta"]["auto_grid"]
@@ -206,6 +223,9 @@ def test_auto_grid_gives_every_method_one_point_per_target(tiny_model_dir, promp
     assert rules["fbcache"].startswith("explicit") and rules["h2cache"].startswith("auto")
     labels = results["meta"]["variants"]["5"]
     assert "fbcache(threshold=0.3)" in labels
+    # --fix holds a setting for the methods that declare it, and only for them
+    assert all("pool_size_stage2=4" in label for label in labels if label.startswith("h2cache"))
+    assert results["meta"]["config"]["fixed"] == {"pool_size_stage2": 4}
     assert len(labels) == 1 + 1 + len(chosen["grids"]["h2cache"]) + len(chosen["grids"]["h2cache-one-probe"])
 
 

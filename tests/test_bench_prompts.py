@@ -49,7 +49,7 @@ def test_a_prompt_file_never_lends_its_first_prompts_to_calibration():
 
 
 def test_embedded_calibration_keeps_the_shipped_draw_and_avoids_benchmark_scenes():
-    from h2cache.scenes import sample_specs
+    from embedded_model.scenes import sample_specs
 
     shipped = [s.prompt() for s in sample_specs(8, seed=2024, held_out=False)]
     assert split_prompts("embedded", read_prompts(DEFAULT_PROMPTS), 8, 8).calibration == shipped

@@ -1,4 +1,4 @@
-"""Every runnable docstring example in the library runs and prints what it says (``+SKIP`` ones excepted)."""
+"""Every runnable docstring example in the library (and beside it) runs and prints what it says (``+SKIP`` ones excepted)."""
 
 import doctest
 import importlib
@@ -7,10 +7,11 @@ import pkgutil
 import pytest
 
 import bench
+import embedded_model
 import h2cache
 
-# The library, and the benchmark harness that lives beside it.
-MODULES = sorted(m.name for package in (h2cache, bench)
+# The library, and the benchmark harness and the embedded model's builder that live beside it.
+MODULES = sorted(m.name for package in (h2cache, bench, embedded_model)
                  for m in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
                  if not m.name.endswith("__main__")) + ["bench"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from h2cache.scenes import SHAPES, SceneSpec, all_specs, check, parse_prompt, read_scene, render, sample_specs, vocabulary
+from embedded_model.scenes import SHAPES, SceneSpec, all_specs, check, parse_prompt, read_scene, render, sample_specs, vocabulary
 
 
 def test_prompt_round_trip_and_vocabulary():

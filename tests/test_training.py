@@ -8,11 +8,11 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
-from h2cache.training.checkpoint import load_checkpoint, save_checkpoint
-from h2cache.training.data import render_dataset
-from h2cache.training.export import export_pipeline
-from h2cache.training.transformer import train_transformer
-from h2cache.training.vae import train_vae
+from embedded_model.training.checkpoint import load_checkpoint, save_checkpoint
+from embedded_model.training.data import render_dataset
+from embedded_model.training.export import export_pipeline
+from embedded_model.training.transformer import train_transformer
+from embedded_model.training.vae import train_vae
 
 torch.set_num_threads(1)
 
@@ -49,15 +49,15 @@ def test_one_step_each_resume_and_export(tmp_path):
 def test_v2_phases_chain_and_export_a_one_call_per_step_model(tmp_path):
     """Pretrain at 64, fine-tune at 128 from its EMA, distil CFG into the guidance input, export."""
     from h2cache.pipelines import EMBEDDED_MODEL_DIR
-    from h2cache.training.components import ARCHITECTURES
-    from h2cache.training.transformer import phase_named
-    from h2cache.training.vae import import_vae
+    from embedded_model.training.components import ARCHITECTURES
+    from embedded_model.training.transformer import phase_named
+    from embedded_model.training.vae import import_vae
 
     import_vae(EMBEDDED_MODEL_DIR, tmp_path)
     small = render_dataset(tmp_path / "scenes_64.npz", 4, 64, seed=3)
     large = render_dataset(tmp_path / "scenes_128.npz", 4, 128, seed=3)
     train_transformer(small, tmp_path, steps=1, batch_size=2, arch="v2", phase="pretrain", snapshot_every=1)
-    from h2cache.training.curve import main as curve
+    from embedded_model.training.curve import main as curve
 
     assert curve(["--work", str(tmp_path), "--phase", "pretrain", "--prompts", "2", "--steps", "2"]) == 0
     rows = json.loads((tmp_path / "snapshots" / "curve_pretrain.json").read_text())
@@ -96,7 +96,7 @@ def test_v2_phases_chain_and_export_a_one_call_per_step_model(tmp_path):
 def test_a_phase_can_start_from_an_exported_model(tmp_path):
     """A partly trained export is a resume point: the next phase starts from its weights."""
     from h2cache.pipelines import EMBEDDED_MODEL_DIR
-    from h2cache.training.vae import import_vae
+    from embedded_model.training.vae import import_vae
 
     import_vae(EMBEDDED_MODEL_DIR, tmp_path)
     small = render_dataset(tmp_path / "scenes_64.npz", 4, 64, seed=3)
@@ -114,3 +114,31 @@ def test_a_phase_can_start_from_an_exported_model(tmp_path):
     train_transformer(large, other, steps=1, batch_size=2, arch="v2", phase="finetune", init_weights=exported)
     started = load_checkpoint(other / "finetune.pt")["model"]
     assert (started[key] - state["ema"][key]).abs().max() < 1e-2
+
+
+def test_the_training_command_continues_the_shipped_model_for_one_step(tmp_path):
+    """`python -m embedded_model.training` from the checkout, as devtools/train_v2_on_gpu.sh calls it: import the
+    shipped VAE, then one 128x128 fine-tune step that starts from the shipped (distilled) model's weights."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from h2cache.pipelines import EMBEDDED_MODEL_DIR
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "embedded_model.training", "--arch", "v2", "--work", str(tmp_path),
+            "--images", "4", "--threads", "1"]
+    for extra in (["--stage", "vae", "--vae-from", str(EMBEDDED_MODEL_DIR)],
+                  ["--stage", "finetune", "--finetune-steps", "1", "--batch-size", "2",
+                   "--init-from", str(EMBEDDED_MODEL_DIR)]):
+        done = subprocess.run(base + extra, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    state = load_checkpoint(tmp_path / "finetune.pt")
+    assert state["step"] == 1
+    shipped = FluxPipeline.from_pretrained(EMBEDDED_MODEL_DIR, local_files_only=True).transformer.state_dict()
+    key = "single_transformer_blocks.3.proj_out.weight"
+    # One step at a small learning rate moves the weights a little away from the shipped ones, not to a fresh init.
+    assert 0 < (state["model"][key] - shipped[key]).abs().max() < 1e-2
+    assert (tmp_path / "finetune_loss.csv").exists()

@@ -9,7 +9,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-from h2cache.training.components import build_text_encoders, build_tokenizer
+from embedded_model.training.components import build_text_encoders, build_tokenizer
 
 
 def tiny_vae() -> AutoencoderKL:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pipelines import write_generation_defaults
+from h2cache.pipelines import write_generation_defaults
 from .components import ARCHITECTURES, T5_MAX_LENGTH
 from .transformer import DISTILL_GUIDANCE, PLANS, assemble_pipeline, checkpoint_path, load_ema
 

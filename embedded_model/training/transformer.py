@@ -263,12 +263,12 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
         done = step >= steps or (minutes is not None and time.time() - start > minutes * 60)
-        if step % 50 == 0:
+        if step % 50 == 0 or done:  # the last step too, so a run stopped early (--minutes) logs where it stopped
             log.write(step, loss=running)
         if step % save_every == 0 or done:
             save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step)
         if snapshot_every and step % snapshot_every == 0:
-            # Kept for the curve of adherence against training steps (python -m h2cache.training.curve).
+            # Kept for the curve of adherence against training steps (python -m embedded_model.training.curve).
             save_checkpoint(snapshot_path(work, spec, step), ema=ema.state_dict(), step=step)
         if done:
             break

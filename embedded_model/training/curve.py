@@ -1,8 +1,8 @@
 """Prompt adherence against training steps, from the EMA snapshots a phase saved.
 
-``python -m h2cache.training.curve --work runs/embedded-v2 --phase finetune --prompts 40``
+``python -m embedded_model.training.curve --work runs/embedded-v2 --phase finetune --prompts 40``
 prints one row per snapshot and writes ``curve.json`` next to them. Adherence is judged as in
-``h2cache.training.evaluate`` (colour, position, texture and shape against the prompt).
+``embedded_model.training.evaluate`` (colour, position, texture and shape against the prompt).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .transformer import assemble_pipeline, phase_named
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m h2cache.training.curve", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m embedded_model.training.curve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, required=True, help="the training run's work directory")
     p.add_argument("--arch", default="v2")

@@ -4,7 +4,7 @@ A background colour ``c`` is textured by blending it with its shade ``s(c)``
 through a per-pixel weight ``t`` in [0, 1]; the parser inverts exactly this.
 
 Example:
-    >>> from h2cache.scenes import SceneSpec, render
+    >>> from embedded_model.scenes import SceneSpec, render
     >>> img = render(SceneSpec("circle", "red", "center", "large", "plain", "blue"), size=64, seed=0)
     >>> img.shape, img.dtype
     ((64, 64, 3), dtype('uint8'))

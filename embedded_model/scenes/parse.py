@@ -8,7 +8,7 @@ mask best, and the texture the blend-weight pattern (toward the background's
 shade) that best explains the background.
 
 Example:
-    >>> from h2cache.scenes import SceneSpec, render, check
+    >>> from embedded_model.scenes import SceneSpec, render, check
     >>> spec = SceneSpec("square", "yellow", "bottom right", "large", "checkered", "purple")
     >>> result = check(render(spec, 64, seed=3), spec.prompt())
     >>> result.ok, result.reading.shape

@@ -1,4 +1,4 @@
-"""Train the embedded model: ``python -m h2cache.training --help``.
+"""Train the embedded model: ``python -m embedded_model.training --help``.
 
 Stages run in order and each resumes from its checkpoint under ``--work``:
 render the scene cache, train the VAE (or import one with ``--vae-from``), train
@@ -20,7 +20,7 @@ from .transformer import PLANS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m h2cache.training", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m embedded_model.training", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=tuple(ARCHITECTURES), default="v2", help="model version (default: v2)")
     phases = sorted({ph.name for plan in PLANS.values() for ph in plan})

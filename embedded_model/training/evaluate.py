@@ -1,6 +1,6 @@
 """Measure the embedded model: prompt adherence on held-out prompts, a sample grid, CPU time per image.
 
-``python -m h2cache.training.evaluate --help``. Adherence is judged by the scene parser
+``python -m embedded_model.training.evaluate --help``. Adherence is judged by the scene parser
 (object colour, position, shape and background texture must all match the prompt).
 """
 
@@ -64,7 +64,7 @@ def save_grid(images: list[np.ndarray], prompts: list[str], path: Path, cols: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m h2cache.training.evaluate", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m embedded_model.training.evaluate", description=__doc__)
     p.add_argument("--model", type=Path, default=None, help="FluxPipeline directory (default: the embedded model)")
     p.add_argument("--prompts", type=int, default=120, help="held-out prompts to judge (default: 120)")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 28, 50])
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="where to judge, e.g. cuda (the per-image time is taken on the CPU)")
     args = p.parse_args(argv)
 
-    from ..pipelines import generation_defaults, load_pipeline
+    from h2cache.pipelines import generation_defaults, load_pipeline
 
     pipe = load_pipeline(str(args.model) if args.model else None, device=args.device)
     pipe.set_progress_bar_config(disable=True)
