@@ -33,18 +33,23 @@ def check(pipe: Any, steps: int, targets: list[float], prompts: list[str], seeds
     args = {**generation_defaults(pipe), **call_kwargs, "num_inference_steps": steps}
     height, width = int(args["height"]), int(args["width"])
     runs = len(prompts) * len(seeds) * (1 + len(targets) + (len(grid()) if with_grid else 0))
+    found = {t: stored_calibration(pipe, steps, height, width, target_blocks=t, store=store) for t in targets}
+    # The thresholds were searched at the search's PFS pool sizes; distances at other pool sizes are another
+    # scale, so the check (and its grid) must run at the same ones, not at the library's defaults.
+    bases = {(c.config.pool_size_stage1, c.config.pool_size_stage2) for c in found.values() if c is not None}
+    pools = bases.pop() if bases else None
+    base = H2CacheConfig() if pools is None else H2CacheConfig(pool_size_stage1=pools[0], pool_size_stage2=pools[1])
     with tqdm(total=runs, desc=f"{steps} steps", disable=not progress) as bar:
-        scorer = PointScorer(pipe, prompts, tuple(seeds), H2CacheConfig(), args, bar)
+        scorer = PointScorer(pipe, prompts, tuple(seeds), base, args, bar)
         grid_points = [scorer.score(t1, t2) for t1, t2 in grid()] if with_grid else []
         rows = []
-        for target in targets:
-            cal = stored_calibration(pipe, steps, height, width, target_blocks=target, store=store)
+        for target, cal in found.items():
             if cal is None:
                 rows.append({"steps": steps, "target": target, "missing": True})
                 continue
             held = scorer.score(cal.config.tau1, cal.config.tau2)
             row = {"steps": steps, "target": target, "tau1": cal.config.tau1, "tau2": cal.config.tau2,
-                   "calibrated_share": cal.blocks_share, "held_out_share": held.blocks_share,
+                   "pool_sizes": pools, "calibrated_share": cal.blocks_share, "held_out_share": held.blocks_share,
                    "median_psnr": statistics.median(held.psnr), "worst_psnr": min(held.psnr),
                    "share_range": (min(held.shares), max(held.shares))}
             cheaper = [p for p in grid_points if p.blocks_share <= held.blocks_share + 1e-9]

@@ -117,6 +117,21 @@ def test_the_held_out_check_reproduces_the_search_on_its_own_prompts_and_compare
     assert "| 8 | 60% |" in capsys.readouterr().out
 
 
+def test_the_held_out_check_runs_at_the_pool_sizes_the_search_used(pipe, tmp_path):
+    """Thresholds are only meaningful at the PFS pool sizes they were searched at: the check must not fall back
+    to the library's defaults (it once did, and every v2 check landed over its target)."""
+    from bench.calibration_check import check
+    from h2cache.config import H2CacheConfig
+
+    store = SearchStore(CalibrationStore(tmp_path / "calibration.json"))
+    pooled = H2CacheConfig(pool_size_stage1=1, pool_size_stage2=1)  # one-token thumbnails: a distance of its own
+    cal = calibrate(pipe, PROMPTS, num_inference_steps=8, target_blocks=0.6, base_config=pooled, store=store,
+                    progress=False, **CALL)
+    (row,) = check(pipe, 8, [0.6], PROMPTS, [0], progress=False, store=store, **CALL)
+    assert row["pool_sizes"] == (1, 1)
+    assert row["held_out_share"] == cal.blocks_share and row["median_psnr"] == statistics.median(cal.psnr)
+
+
 def test_the_cli_asks_for_calibration_prompts_for_models_without_their_own(capsys):
     from h2cache.calibrate import main
 
