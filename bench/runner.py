@@ -180,9 +180,11 @@ def measure(pipe: Any, variant: Variant, prompt: str, seed: int, call_args: dict
         handle.remove()
 
 
-def _decision_cost(pipe: Any, flops: FlopTable, device: str, repeats: int = 10) -> list[dict[str, Any]]:
+def _decision_cost(pipe: Any, flops: FlopTable, device: str, repeats: int = 10,
+                   fixed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """H2-Cache's per-stage decision time with PFS on and off (``bench.overhead.decision_seconds``, which times
-    the real probe hook), at this model's shapes and at FLUX.1's at 1024x1024."""
+    the real probe hook), at this model's shapes (with the pool sizes ``--fix`` held, if any) and at FLUX.1's at
+    1024x1024 (published pool sizes)."""
     from h2cache.config import H2CacheConfig
     from .overhead import FLUX_DIM, FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS, decision_seconds
     from h2cache.pfs import pfs_kernel
@@ -194,8 +196,9 @@ def _decision_cost(pipe: Any, flops: FlopTable, device: str, repeats: int = 10) 
               ("FLUX.1 1024px", FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS, FLUX_DIM,
                torch.bfloat16 if torch_device.type == "cuda" else torch.float32)]
     rows = []
+    pools = {k: v for k, v in (fixed or {}).items() if k in ("pool_size_stage1", "pool_size_stage2")}
     for name, image, text, dim, dtype in shapes:
-        pfs = H2CacheConfig()
+        pfs = H2CacheConfig(**pools) if name == "this model" else H2CacheConfig()
         full = H2CacheConfig(full_residual_distance=True)
         on = decision_seconds(image, text, dim, torch_device, dtype, pfs, repeats)
         off = decision_seconds(image, text, dim, torch_device, dtype, full, repeats)
@@ -373,7 +376,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any] | None:
     decision_cost = None
     if state.is_main_process and config.decision_cost and any(m.startswith("h2cache") for m in config.methods):
         # Before the long part: whatever goes wrong here should not cost the hour of timed runs.
-        decision_cost = _decision_cost(setup.pipe, next(iter(setup.flop_tables.values())), device)
+        decision_cost = _decision_cost(setup.pipe, next(iter(setup.flop_tables.values())), device,
+                                       fixed=config.fixed)
     items = [(i, seed) for i in range(len(setup.prompts)) for seed in config.seeds]
     with state.split_between_processes(items) as mine:
         rows = _run_items(config, setup, list(mine), rank, world)
