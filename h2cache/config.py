@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-ROLES = ("published", "ablation", "option", "model", "call")
+ROLES = ("published", "ablation", "option", "experimental", "model", "call")
 _KEY = "h2cache"
 
 
@@ -15,7 +15,9 @@ class ConfigField:
     """One :class:`H2CacheConfig` field as declared: what it accepts and how the app and benchmark show it.
 
     ``role`` says where it belongs: ``"published"`` (the paper's knobs), ``"ablation"`` (switches parts of the
-    algorithm off), ``"option"`` (changes beyond the paper, off by default), ``"model"`` (fitting a model) or
+    algorithm off), ``"option"`` (changes beyond the paper, off by default, offered in the app),
+    ``"experimental"`` (like an option, but under evaluation: the library and the benchmark have it, the app
+    does not until measurements earn it a place), ``"model"`` (fitting a model) or
     ``"call"`` (about the pipeline calls to come). ``unit`` says what a value counts, so the app can bound it
     by its own limits (``"threshold"``, ``"pool"``, ``"steps"``, ``"calls"``; empty for flags).
 
@@ -98,6 +100,9 @@ class H2CacheConfig:
         skip_stage2_probe_on_hit: On a stage-1 hit, skip stage 2's probe block too and add the residual of
             the whole of stage 2 saved at the last call that ran it. A stage-1 hit then runs one block, as
             FirstBlockCache does, instead of two. Cannot be combined with ``independent_stage2``.
+        forecast_residual: Experimental. On a hit, add the stage's residual extrapolated linearly from its
+            last two misses to the current step (:class:`~h2cache.hooks.ResidualForecast`) instead of
+            replaying the last one; decisions are unchanged. Not offered in the app.
 
     Example:
         >>> guarded = H2CacheConfig(warmup_steps=6, max_consecutive_hits=3, final_full_steps=1,
@@ -147,6 +152,9 @@ class H2CacheConfig:
     skip_stage2_probe_on_hit: bool = _declare(False, bool, role="option", label="One probe per stage-1 hit",
                                               help="A step that reuses stage 1 skips stage 2's probe too: "
                                                    "1 block instead of 2")
+    forecast_residual: bool = _declare(False, bool, role="experimental", label="Forecast reused residuals",
+                                       help="A hit adds the stage's residual extrapolated linearly from its last "
+                                            "two misses to this step, instead of replaying the last one")
 
     def __setattr__(self, name: str, value) -> None:
         _validate(name, value)

@@ -16,8 +16,9 @@ stage adds (last block's output minus the probe's output, both streams).
 
 Options in :class:`~h2cache.config.H2CacheConfig`, off by default, change this:
 guards that force a full call (warm-up, final steps, a cap on consecutive hits),
-and ``skip_stage2_probe_on_hit``, which on a stage-1 hit adds the whole of stage 2's
-last residual instead of running its probe.
+``skip_stage2_probe_on_hit``, which on a stage-1 hit adds the whole of stage 2's
+last residual instead of running its probe, and (experimental) ``forecast_residual``,
+which on a hit adds the residual extrapolated from the stage's last two misses.
 """
 
 from __future__ import annotations
@@ -122,12 +123,50 @@ class WholeStageResidual:
             self.probe_input = None
 
 
+class ResidualForecast:
+    """The experimental option ``forecast_residual``: a stage's residuals at its last two misses.
+
+    A hit at step ``s`` then adds ``r + (s - t) / (t - t0) * (r - r0)``, the residual ``r`` of the last miss
+    (step ``t``) carried on along the line from the one before (``r0``, step ``t0``): a first-order forecast,
+    as TaylorSeer makes for attention outputs, here per stage and at the steps the PFS decision chose. With
+    only one miss so far, the last residual is replayed as in the paper. Nothing here is read when the option
+    is off; the one-probe path (``skip_stage2_probe_on_hit``) replays its whole-stage residual unchanged.
+
+    Example:
+        >>> import torch
+        >>> f = ResidualForecast()
+        >>> f.remember((torch.tensor([1.0]), None), step=2); f.remember((torch.tensor([2.0]), None), step=4)
+        >>> f.extrapolate(f.last, step=7)  # 2 + (7 - 4) / (4 - 2) x (2 - 1)
+        (tensor([3.5000]), None)
+    """
+
+    def __init__(self) -> None:
+        self.last: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+        self.last_step: int | None = None
+        self.before: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+        self.before_step: int | None = None
+
+    def remember(self, residual: tuple[torch.Tensor | None, torch.Tensor | None], step: int) -> None:
+        self.before, self.before_step = self.last, self.last_step
+        self.last, self.last_step = residual, step
+
+    def extrapolate(self, residual: tuple[torch.Tensor | None, torch.Tensor | None],
+                    step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        # `residual` is the stage's cached one; anything else (e.g. cached before the option was turned on)
+        # is replayed as it is.
+        if self.before is None or self.last is not residual or self.last_step <= self.before_step:
+            return residual
+        factor = (step - self.last_step) / (self.last_step - self.before_step)
+        return tuple(None if r is None or b is None else r + factor * (r - b) for r, b in zip(self.last, self.before))
+
+
 class H2CacheState(BaseState):
     """Everything H2-Cache remembers within one cache context of one pipeline call."""
 
     def __init__(self) -> None:
         self.stages = (_StageState(), _StageState())
         self.whole_detail = WholeStageResidual()  # skip_stage2_probe_on_hit only
+        self.forecasts = (ResidualForecast(), ResidualForecast())  # forecast_residual only
         self.step = 0
         self.record: StepRecord | None = None
         self.streak = 0  # calls in a row that reused anything (max_consecutive_hits)
@@ -267,7 +306,10 @@ class H2ProbeHook(StatefulBlockHook):
         self.spec.record(record, distance, hit, forced)
         inputs = (hidden_in, encoder_in)
         if hit:
-            res_hidden, res_encoder = stage.residual
+            residual = stage.residual
+            if self.config.forecast_residual:
+                residual = state.forecasts[self.spec.index].extrapolate(residual, state.step)
+            res_hidden, res_encoder = residual
             hidden_out, encoder_out = _add(hidden_out, res_hidden), _add(encoder_out, res_encoder)
             if one_probe:
                 state.whole_detail.remember(inputs, (hidden_out, encoder_out))
@@ -336,10 +378,12 @@ class H2ProbeHook(StatefulBlockHook):
 class H2BlockHook(StatefulBlockHook):
     """On the other blocks of a stage: pass through on a hit; on a miss run, and at the tail cache the residual."""
 
-    def __init__(self, state_manager: ContextStateManager, stage: int, is_tail: bool) -> None:
+    def __init__(self, state_manager: ContextStateManager, stage: int, is_tail: bool,
+                 config: H2CacheConfig | None = None) -> None:
         super().__init__(state_manager)
         self.spec = STAGES[stage]
         self.is_tail = is_tail
+        self.config = config or H2CacheConfig()
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state = self.state_manager.get_state()
@@ -356,6 +400,8 @@ class H2BlockHook(StatefulBlockHook):
             head_hidden, head_encoder = stage.head_output
             stage.residual = (hidden_out - head_hidden, _sub(encoder_out, head_encoder))
             stage.head_output = None
+            if self.config.forecast_residual:
+                state.forecasts[self.spec.index].remember(stage.residual, state.step)
             if self.spec.follows_structure:
                 state.whole_detail.finish((hidden_out, encoder_out))
         return output
@@ -466,7 +512,7 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
             H2ProbeHook(state_manager, config, index, is_tail=not rest, views=views), _PROBE_HOOK)
         for position, block in enumerate(rest):
             HookRegistry.check_if_exists_or_initialize(block).register_hook(
-                H2BlockHook(state_manager, index, is_tail=position == len(rest) - 1), _BLOCK_HOOK)
+                H2BlockHook(state_manager, index, is_tail=position == len(rest) - 1, config=config), _BLOCK_HOOK)
     # cache_context() walks a cached list of child registries; it must see the new block hooks.
     root.invalidate_child_registries_cache()
     handle = H2CacheHandle(transformer, config, split, trace, created, views)

@@ -167,3 +167,56 @@ def test_each_record_says_which_blocks_ran(options):
     kinds = {tuple(r.computed(3, 4)) for r in handle.trace}
     assert len(kinds) > 1, "each configuration must mix computed and reused calls to test anything"
     handle.remove()
+
+
+def test_forecast_residual_is_exact_at_zero_and_extrapolates_from_the_last_two_misses(monkeypatch):
+    """Experimental `forecast_residual`: with every call forced to a miss nothing changes; with misses every third
+    call (a cap of 2 hits in a row), each hit adds r + (s - t) / (t - t0) x (r - r0) of its stage, the last two
+    misses' residuals, and replays r until a stage has two misses."""
+    from h2cache.hooks import ResidualForecast
+
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    baseline = run(pipe, num_inference_steps=8)
+    handle = apply_h2_cache(pipe, H2CacheConfig(tau1=0, tau2=0, forecast_residual=True))
+    assert torch.equal(run(pipe, num_inference_steps=8), baseline)
+    handle.remove()
+
+    remembered: list[tuple[int, tuple]] = []  # (step, residual) per miss, both stages in call order
+    added: list[tuple[int, tuple, tuple]] = []  # (step, cached residual, what the hit added)
+    real_remember, real_extrapolate = ResidualForecast.remember, ResidualForecast.extrapolate
+
+    def remember(self, residual, step):
+        remembered.append((id(self), step, residual))
+        real_remember(self, residual, step)
+
+    def extrapolate(self, residual, step):
+        out = real_extrapolate(self, residual, step)
+        added.append((id(self), step, residual, out))
+        return out
+
+    monkeypatch.setattr(ResidualForecast, "remember", remember)
+    monkeypatch.setattr(ResidualForecast, "extrapolate", extrapolate)
+    handle = apply_h2_cache(pipe, H2CacheConfig(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2,
+                                                forecast_residual=True))
+    forecast = run(pipe, num_inference_steps=8)
+    assert [r.hit1 for r in handle.trace] == [False, True, True, False, True, True, False, True]
+    for stage in {owner for owner, *_ in remembered}:  # one ResidualForecast per stage
+        misses = [(step, r) for owner, step, r in remembered if owner == stage]
+        assert [step for step, _ in misses] == [0, 3, 6]
+        hits = [(step, r, out) for owner, step, r, out in added if owner == stage]
+        assert [step for step, *_ in hits] == [1, 2, 4, 5, 7]
+        for step, residual, out in hits:
+            earlier = [(t, r) for t, r in misses if t < step][-2:]
+            assert residual is earlier[-1][1]  # the stage's cached residual is the last miss's
+            if len(earlier) == 1:
+                assert out is residual  # one miss so far: replayed, as in the paper
+                continue
+            (t0, r0), (t, r) = earlier
+            for got, last, before in zip(out, r, r0):
+                if last is not None:
+                    torch.testing.assert_close(got, last + (step - t) / (t - t0) * (last - before))
+    handle.remove()
+    handle = apply_h2_cache(pipe, H2CacheConfig(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2))
+    replayed = run(pipe, num_inference_steps=8)
+    handle.remove()
+    assert not torch.equal(forecast, replayed)  # same decisions, other residuals added

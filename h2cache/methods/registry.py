@@ -38,11 +38,12 @@ def _attach_none(settings: dict[str, Any], context: ApplyContext) -> Attachment:
 
 def _config_setting(f: ConfigField) -> Setting:
     """A benchmark setting straight from H2CacheConfig's declaration of the field (same default and range)."""
-    role = f"{f.role}: " if f.role in ("ablation", "option") else ""
+    role = f"{f.role}: " if f.role in ("ablation", "option", "experimental") else ""
     return Setting(f.name, f.kind, f.default, f.low, INF, role + f.help)
 
 
-_H2 = {f.name: _config_setting(f) for f in config_fields() if f.role in ("published", "ablation", "option")}
+_H2 = {f.name: _config_setting(f) for f in config_fields()
+       if f.role in ("published", "ablation", "option", "experimental")}
 _TAU1, _TAU2, _POOL1, _POOL2 = (_H2[f.name] for f in config_fields("published"))
 _H2_GRID = {"tau1": (0.05, 0.1, 0.15, 0.25, 0.4), "tau2": (0.1, 0.22, 0.4)}
 
@@ -101,6 +102,14 @@ register(Method(
     "h2cache-guarded-one-probe", "proposal: both changes, the guards and one probe per stage-1 hit",
     (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded,
     fixed={"skip_stage2_probe_on_hit": True}))
+# Experimental (issue "Beyond the paper"): replayed residuals replaced by a per-stage linear forecast.
+register(Method(
+    "h2cache-forecast", "experimental: H2-Cache whose hits add each stage's residual forecast from its last two misses",
+    (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache, fixed={"forecast_residual": True}))
+register(Method(
+    "h2cache-guarded-forecast", "experimental: the forecast with the proposal's guards",
+    (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded,
+    fixed={"forecast_residual": True}))
 # The peers with the same guards (h2cache.methods.guards), so that what the guards buy can be told apart
 # from what H2-Cache's two stages buy; and MagCache with ratios per cache context.
 register(Method(
