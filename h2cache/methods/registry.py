@@ -36,14 +36,18 @@ def _attach_none(settings: dict[str, Any], context: ApplyContext) -> Attachment:
     return Attachment(remove=lambda: None, description="uncached")
 
 
+# The H2CacheConfig roles the benchmark's `h2cache` method offers as settings; all but the published ones are
+# labelled with their role in the help.
+_OFFERED_ROLES = ("published", "ablation", "option", "experimental")
+
+
 def _config_setting(f: ConfigField) -> Setting:
     """A benchmark setting straight from H2CacheConfig's declaration of the field (same default and range)."""
-    role = f"{f.role}: " if f.role in ("ablation", "option", "experimental") else ""
+    role = f"{f.role}: " if f.role != "published" else ""
     return Setting(f.name, f.kind, f.default, f.low, INF, role + f.help)
 
 
-_H2 = {f.name: _config_setting(f) for f in config_fields()
-       if f.role in ("published", "ablation", "option", "experimental")}
+_H2 = {f.name: _config_setting(f) for f in config_fields() if f.role in _OFFERED_ROLES}
 _TAU1, _TAU2, _POOL1, _POOL2 = (_H2[f.name] for f in config_fields("published"))
 _H2_GRID = {"tau1": (0.05, 0.1, 0.15, 0.25, 0.4), "tau2": (0.1, 0.22, 0.4)}
 
@@ -95,21 +99,26 @@ register(Method(
 register(Method(
     "h2cache-guarded", "proposal: H2-Cache + full compute of the first steps, the last step, and after K reusing calls",
     (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded))
-register(Method(
-    "h2cache-one-probe", "proposal: H2-Cache whose stage-1 hits skip stage 2's probe (one block per hit)",
-    (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache, fixed={"skip_stage2_probe_on_hit": True}))
-register(Method(
-    "h2cache-guarded-one-probe", "proposal: both changes, the guards and one probe per stage-1 hit",
-    (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded,
-    fixed={"skip_stage2_probe_on_hit": True}))
+
+
+def _register_with_and_without_guards(suffix: str, option: str, summary: str, guarded_summary: str) -> None:
+    """``h2cache-<suffix>`` and ``h2cache-guarded-<suffix>``: H2-Cache with the boolean `option` on, alone and
+    with the proposal's guards, so that what the option adds can be told apart from what the guards add."""
+    register(Method(f"h2cache-{suffix}", summary, (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache,
+                    fixed={option: True}))
+    register(Method(f"h2cache-guarded-{suffix}", guarded_summary, (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS),
+                    _H2_GRID, attach_h2cache_guarded, fixed={option: True}))
+
+
+_register_with_and_without_guards(
+    "one-probe", "skip_stage2_probe_on_hit",
+    "proposal: H2-Cache whose stage-1 hits skip stage 2's probe (one block per hit)",
+    "proposal: both changes, the guards and one probe per stage-1 hit")
 # Experimental (issue "Beyond the paper"): replayed residuals replaced by a per-stage linear forecast.
-register(Method(
-    "h2cache-forecast", "experimental: H2-Cache whose hits add each stage's residual forecast from its last two misses",
-    (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache, fixed={"forecast_residual": True}))
-register(Method(
-    "h2cache-guarded-forecast", "experimental: the forecast with the proposal's guards",
-    (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded,
-    fixed={"forecast_residual": True}))
+_register_with_and_without_guards(
+    "forecast", "forecast_residual",
+    "experimental: H2-Cache whose hits add each stage's residual forecast from its last two misses",
+    "experimental: the forecast with the proposal's guards")
 # The peers with the same guards (h2cache.methods.guards), so that what the guards buy can be told apart
 # from what H2-Cache's two stages buy; and MagCache with ratios per cache context.
 register(Method(
