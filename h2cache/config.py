@@ -44,7 +44,8 @@ class ConfigField:
         if self.kind is bool:
             return "True or False"
         if self.kind is float:
-            return f"a finite number >= {self.low:g}"
+            number = f"a finite number >= {self.low:g}"
+            return number if self.none_means is None else f"{self.none_means} or {number}"
         whole = f"an integer >= {self.low}"
         return whole if self.none_means is None else f"{self.none_means} or {whole}"
 
@@ -103,6 +104,14 @@ class H2CacheConfig:
         forecast_residual: Experimental. On a hit, add the stage's residual extrapolated linearly from its
             last two misses to the current step (:class:`~h2cache.hooks.ResidualForecast`) instead of
             replaying the last one; decisions are unchanged. Not offered in the app.
+        forecast_max_factor: Experimental, with ``forecast_residual`` only. The forecast's factor
+            ``(s - t) / (t - t0)`` (steps since the last miss over the gap between the last two misses) is
+            capped at this value, so a long run of hits stops extrapolating further; ``0`` replays, ``None``
+            (default) leaves it unbounded. ``None`` or a finite number ``>= 0``.
+        forecast_probe_factor: Experimental, with ``forecast_residual`` only. The factor is measured on the
+            probe instead of counted in steps: the projection of the change of this call's PFS thumbnail since
+            the last miss onto its change between the last two misses, relative to that change. The stage
+            residual is then moved as far along its own line as the probe moved along its line.
 
     Example:
         >>> guarded = H2CacheConfig(warmup_steps=6, max_consecutive_hits=3, final_full_steps=1,
@@ -155,6 +164,14 @@ class H2CacheConfig:
     forecast_residual: bool = _declare(False, bool, role="experimental", label="Forecast reused residuals",
                                        help="A hit adds the stage's residual extrapolated linearly from its last "
                                             "two misses to this step, instead of replaying the last one")
+    forecast_max_factor: float | None = _declare(None, float, low=0.0, none_means="None (unbounded)",
+                                                 role="experimental", label="Forecast factor cap",
+                                                 help="Largest extrapolation factor (s - t) / (t - t0) a forecast "
+                                                      "uses; 0 replays (needs forecast_residual)")
+    forecast_probe_factor: bool = _declare(False, bool, role="experimental", label="Forecast factor from the probe",
+                                           help="The forecast's factor is how far the probe's PFS thumbnail moved "
+                                                "since the last miss, along its change between the last two misses, "
+                                                "instead of the steps elapsed (needs forecast_residual)")
 
     def __setattr__(self, name: str, value) -> None:
         _validate(name, value)
@@ -165,6 +182,12 @@ class H2CacheConfig:
         if self.final_full_steps and self.num_inference_steps is None:
             raise ValueError(f"H2CacheConfig.final_full_steps = {self.final_full_steps} needs "
                              "H2CacheConfig.num_inference_steps (an integer >= 1), got None")
+        if self.forecast_max_factor is not None and not self.forecast_residual:
+            raise ValueError(f"H2CacheConfig.forecast_max_factor = {self.forecast_max_factor} needs "
+                             "H2CacheConfig.forecast_residual = True (it caps the forecast's factor)")
+        if self.forecast_probe_factor and not self.forecast_residual:
+            raise ValueError("H2CacheConfig.forecast_probe_factor = True needs H2CacheConfig.forecast_residual = True "
+                             "(it measures the forecast's factor)")
         if self.skip_stage2_probe_on_hit and self.independent_stage2:
             raise ValueError("H2CacheConfig.skip_stage2_probe_on_hit and H2CacheConfig.independent_stage2 cannot "
                              "both be True: an independent stage 2 needs its probe to decide")

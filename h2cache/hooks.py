@@ -49,6 +49,7 @@ class _StageState:
         self.ref_step: int | None = None  # the step of that miss
         self.residual: tuple[torch.Tensor | None, torch.Tensor | None] | None = None  # (image, text) added on a hit
         self.head_output: tuple[torch.Tensor, torch.Tensor | None] | None = None  # probe output during a miss
+        self.thumb: torch.Tensor | None = None  # this call's PFS thumbnail (forecast_probe_factor reads it)
         self.hit = False
         # Whether the stage's blocks return a tuple of streams or one tensor (HiDream's wrapper does either).
         self.tuple_output = True
@@ -132,31 +133,55 @@ class ResidualForecast:
     only one miss so far, the last residual is replayed as in the paper. Nothing here is read when the option
     is off; the one-probe path (``skip_stage2_probe_on_hit``) replays its whole-stage residual unchanged.
 
+    With ``forecast_probe_factor`` the factor is measured instead of assumed: how far this call's PFS
+    thumbnail of the probe residual ``p`` has moved since the last miss, along the line between the last two
+    misses' thumbnails, ``<p - p_t, p_t - p_t0> / |p_t - p_t0|^2``. It is 0 when the probe has not moved that
+    way (the residual is replayed) and 1 when it moved as far as it did between the two misses.
+
     Example:
         >>> import torch
         >>> f = ResidualForecast()
         >>> f.remember((torch.tensor([1.0]), None), step=2); f.remember((torch.tensor([2.0]), None), step=4)
         >>> f.extrapolate(f.last, step=7)  # 2 + (7 - 4) / (4 - 2) x (2 - 1)
         (tensor([3.5000]), None)
+        >>> f.extrapolate(f.last, step=7, max_factor=1.0)  # forecast_max_factor: at most 2 + 1 x (2 - 1)
+        (tensor([3.]), None)
+        >>> g = ResidualForecast()
+        >>> g.remember((torch.tensor([1.0]), None), step=2, thumb=torch.tensor([0.0, 0.0]))
+        >>> g.remember((torch.tensor([2.0]), None), step=4, thumb=torch.tensor([1.0, 0.0]))
+        >>> g.extrapolate(g.last, step=7, thumb=torch.tensor([1.5, 3.0]))  # the probe moved half a gap that way
+        (tensor([2.5000]), None)
     """
 
     def __init__(self) -> None:
         self.last: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
         self.last_step: int | None = None
+        self.last_thumb: torch.Tensor | None = None
         self.before: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
         self.before_step: int | None = None
+        self.before_thumb: torch.Tensor | None = None
 
-    def remember(self, residual: tuple[torch.Tensor | None, torch.Tensor | None], step: int) -> None:
-        self.before, self.before_step = self.last, self.last_step
-        self.last, self.last_step = residual, step
+    def remember(self, residual: tuple[torch.Tensor | None, torch.Tensor | None], step: int,
+                 thumb: torch.Tensor | None = None) -> None:
+        self.before, self.before_step, self.before_thumb = self.last, self.last_step, self.last_thumb
+        self.last, self.last_step, self.last_thumb = residual, step, thumb
 
-    def extrapolate(self, residual: tuple[torch.Tensor | None, torch.Tensor | None],
-                    step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def extrapolate(self, residual: tuple[torch.Tensor | None, torch.Tensor | None], step: int,
+                    max_factor: float | None = None,
+                    thumb: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         # `residual` is the stage's cached one; anything else (e.g. cached before the option was turned on)
         # is replayed as it is.
         if self.before is None or self.last is not residual or self.last_step <= self.before_step:
             return residual
-        factor = (step - self.last_step) / (self.last_step - self.before_step)
+        factor: float | torch.Tensor = (step - self.last_step) / (self.last_step - self.before_step)
+        if thumb is not None and self.last_thumb is not None and self.before_thumb is not None \
+                and thumb.shape == self.last_thumb.shape == self.before_thumb.shape:
+            # A 0-dim tensor, so that the factor costs no host sync on an accelerator.
+            line = (self.last_thumb - self.before_thumb).float()
+            factor = ((thumb - self.last_thumb).float() * line).sum() / (line * line).sum().clamp_min(1e-12)
+        if max_factor is not None:
+            # forecast_max_factor: a line followed too far overshoots.
+            factor = factor.clamp(max=max_factor) if torch.is_tensor(factor) else min(factor, max_factor)
         return tuple(None if r is None or b is None else r + factor * (r - b) for r, b in zip(self.last, self.before))
 
 
@@ -308,7 +333,9 @@ class H2ProbeHook(StatefulBlockHook):
         if hit:
             residual = stage.residual
             if self.config.forecast_residual:
-                residual = state.forecasts[self.spec.index].extrapolate(residual, state.step)
+                thumb = stage.thumb if self.config.forecast_probe_factor else None
+                residual = state.forecasts[self.spec.index].extrapolate(residual, state.step,
+                                                                        self.config.forecast_max_factor, thumb)
             res_hidden, res_encoder = residual
             hidden_out, encoder_out = _add(hidden_out, res_hidden), _add(encoder_out, res_encoder)
             if one_probe:
@@ -332,15 +359,21 @@ class H2ProbeHook(StatefulBlockHook):
         benchmark (``python -m bench.overhead``) times exactly this method.
         """
         spec, stage = self.spec, state.stages[self.spec.index]
-        if (spec.follows_structure and state.stages[0].hit and not self.config.independent_stage2
-                and stage.residual is not None):
+        forced = (spec.follows_structure and state.stages[0].hit and not self.config.independent_stage2
+                  and stage.residual is not None)
+        # forecast_probe_factor measures its factor on this call's thumbnail, forced hits included.
+        wants_thumb = self.config.forecast_residual and self.config.forecast_probe_factor
+        if forced and not wants_thumb:
             stage.hit = True
             return None, True, True
         if spec.joint_signal and encoder_out is not None:
             signal = torch.cat([encoder_out - encoder_in, hidden_out - hidden_in], dim=1)
         else:
             signal = hidden_out - hidden_in
-        thumb = self._summarise(signal)
+        thumb = stage.thumb = self._summarise(signal)
+        if forced:
+            stage.hit = True
+            return None, True, True
         distance = None
         if stage.ref is not None and stage.residual is not None and stage.ref.shape == thumb.shape:
             distance = self._distance(stage.ref, thumb)
@@ -401,7 +434,8 @@ class H2BlockHook(StatefulBlockHook):
             stage.residual = (hidden_out - head_hidden, _sub(encoder_out, head_encoder))
             stage.head_output = None
             if self.config.forecast_residual:
-                state.forecasts[self.spec.index].remember(stage.residual, state.step)
+                # stage.ref is this miss's thumbnail: the miss refreshed it.
+                state.forecasts[self.spec.index].remember(stage.residual, state.step, stage.ref)
             if self.spec.follows_structure:
                 state.whole_detail.finish((hidden_out, encoder_out))
         return output

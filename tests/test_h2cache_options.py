@@ -185,12 +185,13 @@ def test_forecast_residual_is_exact_at_zero_and_extrapolates_from_the_last_two_m
     added: list[tuple[int, tuple, tuple]] = []  # (step, cached residual, what the hit added)
     real_remember, real_extrapolate = ResidualForecast.remember, ResidualForecast.extrapolate
 
-    def remember(self, residual, step):
+    def remember(self, residual, step, thumb=None):
         remembered.append((id(self), step, residual))
-        real_remember(self, residual, step)
+        real_remember(self, residual, step, thumb)
 
-    def extrapolate(self, residual, step):
-        out = real_extrapolate(self, residual, step)
+    def extrapolate(self, residual, step, max_factor=None, thumb=None):
+        assert thumb is None  # the factor is counted in steps unless forecast_probe_factor is on
+        out = real_extrapolate(self, residual, step, max_factor, thumb)
         added.append((id(self), step, residual, out))
         return out
 
@@ -220,3 +221,90 @@ def test_forecast_residual_is_exact_at_zero_and_extrapolates_from_the_last_two_m
     replayed = run(pipe, num_inference_steps=8)
     handle.remove()
     assert not torch.equal(forecast, replayed)  # same decisions, other residuals added
+
+
+def test_forecast_max_factor_caps_the_extrapolation_and_zero_replays():
+    """`forecast_max_factor` bounds (s - t) / (t - t0): with misses at 0, 3, 6 the hits at 4 and 5 have factors
+    1/3 and 2/3, so a cap of 0.5 changes only step 5's image path; a cap of 0 gives the replayed images; a cap
+    needs the forecast on, and a negative one names the field and its range."""
+    from h2cache.hooks import ResidualForecast
+
+    f = ResidualForecast()
+    f.remember((torch.tensor([1.0]), None), step=0)
+    f.remember((torch.tensor([4.0]), None), step=3)
+    assert f.extrapolate(f.last, step=5)[0].item() == pytest.approx(4.0 + 2 / 3 * 3.0)
+    assert f.extrapolate(f.last, step=5, max_factor=0.5)[0].item() == pytest.approx(4.0 + 0.5 * 3.0)
+    assert f.extrapolate(f.last, step=4, max_factor=0.5)[0].item() == pytest.approx(4.0 + 1 / 3 * 3.0)
+
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    guards = dict(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2)
+    images = {}
+    for name, options in {"replay": {}, "cap0": {"forecast_residual": True, "forecast_max_factor": 0.0},
+                          "free": {"forecast_residual": True}, "big": {"forecast_residual": True,
+                                                                        "forecast_max_factor": 5.0}}.items():
+        handle = apply_h2_cache(pipe, H2CacheConfig(**guards, **options))
+        images[name] = run(pipe, num_inference_steps=8)
+        handle.remove()
+    assert torch.equal(images["cap0"], images["replay"])
+    assert torch.equal(images["big"], images["free"])  # every factor here is below 5: the cap never binds
+    assert not torch.equal(images["free"], images["replay"])
+
+    with pytest.raises(ValueError, match="forecast_max_factor = 1.0 needs H2CacheConfig.forecast_residual"):
+        H2CacheConfig(forecast_max_factor=1.0).validate()
+    with pytest.raises(ValueError, match=r"H2CacheConfig.forecast_max_factor must be None \(unbounded\) or a "
+                                         r"finite number >= 0, got -1"):
+        H2CacheConfig(forecast_residual=True, forecast_max_factor=-1)
+
+
+def test_forecast_probe_factor_moves_the_residual_as_far_as_the_probe_moved(monkeypatch):
+    """Experimental `forecast_probe_factor`: each hit's factor is the projection of its PFS thumbnail's change
+    since the last miss onto the change between the last two misses' thumbnails, for both stages (stage 2's
+    forced hits included); the images differ from the step-counted forecast under the same decisions."""
+    from h2cache.hooks import ResidualForecast
+
+    remembered: list[tuple[int, int, tuple, torch.Tensor]] = []
+    added: list[tuple[int, int, tuple, torch.Tensor, tuple]] = []
+    real_remember, real_extrapolate = ResidualForecast.remember, ResidualForecast.extrapolate
+
+    def remember(self, residual, step, thumb=None):
+        remembered.append((id(self), step, residual, thumb))
+        real_remember(self, residual, step, thumb)
+
+    def extrapolate(self, residual, step, max_factor=None, thumb=None):
+        out = real_extrapolate(self, residual, step, max_factor, thumb)
+        added.append((id(self), step, thumb, out))
+        return out
+
+    monkeypatch.setattr(ResidualForecast, "remember", remember)
+    monkeypatch.setattr(ResidualForecast, "extrapolate", extrapolate)
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    settings = dict(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2, forecast_residual=True)
+    handle = apply_h2_cache(pipe, H2CacheConfig(**settings, forecast_probe_factor=True))
+    measured = run(pipe, num_inference_steps=8)
+    assert [r.hit1 for r in handle.trace] == [False, True, True, False, True, True, False, True]
+    handle.remove()
+    stages = {owner for owner, *_ in remembered}
+    assert len(stages) == 2
+    factors = []
+    for stage in stages:
+        misses = [(t, r, th) for owner, t, r, th in remembered if owner == stage]
+        assert [t for t, *_ in misses] == [0, 3, 6] and all(th is not None for *_, th in misses)
+        for owner, step, thumb, out in (a for a in added if a[0] == stage):
+            assert thumb is not None  # stage 2's hits here are all forced by stage 1: it still measured
+            earlier = [m for m in misses if m[0] < step][-2:]
+            if len(earlier) < 2:
+                continue
+            (_, r0, th0), (_, r, th) = earlier
+            line = th - th0
+            factor = float(((thumb - th) * line).sum() / (line * line).sum())
+            factors.append(factor)
+            for got, last, before in zip(out, r, r0):
+                if last is not None:
+                    torch.testing.assert_close(got, last + factor * (last - before))
+    assert len(factors) == 6 and len({round(f, 4) for f in factors}) > 1
+    handle = apply_h2_cache(pipe, H2CacheConfig(**settings))
+    counted = run(pipe, num_inference_steps=8)
+    handle.remove()
+    assert not torch.equal(measured, counted)
+    with pytest.raises(ValueError, match="forecast_probe_factor = True needs H2CacheConfig.forecast_residual"):
+        H2CacheConfig(forecast_probe_factor=True).validate()

@@ -142,3 +142,36 @@ def test_the_training_command_continues_the_shipped_model_for_one_step(tmp_path)
     # One step at a small learning rate moves the weights a little away from the shipped ones, not to a fresh init.
     assert 0 < (state["model"][key] - shipped[key]).abs().max() < 1e-2
     assert (tmp_path / "finetune_loss.csv").exists()
+
+
+def test_the_object_cover_follows_the_packed_tokens_and_weighs_the_loss(tmp_path):
+    """`object_cover` is the object's share of each transformer token, in the order FluxPipeline packs latents,
+    so `--object-weight` weighs the tokens the object is on: checked against the renderer's mask packed the
+    way the pipeline packs latents, and by a training step whose update differs from the plain loss's."""
+    from h2cache.pipelines import EMBEDDED_MODEL_DIR
+    from embedded_model.scenes import render_with_mask, sample_specs
+    from embedded_model.training.vae import import_vae
+
+    data = render_dataset(tmp_path / "scenes_128.npz", 4, 128, seed=3)
+    specs = sample_specs(4, seed=3, held_out=False)
+    for k, spec in enumerate(specs):
+        image, mask = render_with_mask(spec, size=128, seed=3 * 1_000_003 + k)
+        assert (image == data["images"][k]).all()
+        # The mask at latent resolution (4x down), packed 2x2 per token as the pipeline packs latents.
+        latent = torch.from_numpy(mask).reshape(32, 4, 32, 4).mean(dim=(1, 3))[None, None].repeat(1, 16, 1, 1)
+        packed = FluxPipeline._pack_latents(latent, 1, 16, 32, 32)[0].mean(-1)
+        cover = torch.from_numpy(data["object_cover"][k].astype("float32")).flatten()
+        torch.testing.assert_close(cover, packed, atol=1e-3, rtol=0)
+        assert 0.005 < float(cover.mean()) < 0.12  # the object is 1-10% of the scene
+
+    updated = {}
+    for weight in (0.0, 8.0):
+        work = tmp_path / f"w{weight}"
+        import_vae(EMBEDDED_MODEL_DIR, work)
+        train_transformer(data, work, steps=1, batch_size=2, arch="v2", phase="finetune",
+                          init_weights=EMBEDDED_MODEL_DIR, object_weight=weight)
+        updated[weight] = load_checkpoint(work / "finetune.pt")["model"]
+    key = "transformer_blocks.0.attn.to_q.weight"
+    assert not torch.equal(updated[0.0][key], updated[8.0][key])
+    with pytest.raises(ValueError, match="object_weight must be >= 0"):
+        train_transformer(data, tmp_path / "w0.0", steps=2, batch_size=2, arch="v2", phase="finetune", object_weight=-1)

@@ -92,14 +92,22 @@ def shape_mask(spec: SceneSpec, size: int, rng: np.random.Generator) -> np.ndarr
     return inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)).astype(np.float32)
 
 
-def render(spec: SceneSpec, size: int = 64, seed: int = 0) -> np.ndarray:
-    """Render a scene as an RGB uint8 array of shape (size, size, 3)."""
+def render_with_mask(spec: SceneSpec, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The scene as :func:`render` draws it, and the object's coverage in [0, 1], shape (size, size).
+
+    The coverage lets training weight the object's pixels (``--object-weight``).
+    """
     if size % TEXTURE_CELLS:
         raise ValueError(f"size={size} must be a multiple of {TEXTURE_CELLS}")
     rng = np.random.default_rng(seed)
     bg = color_array(spec.background)
     t = texture_weight(spec.texture, size, rng)[..., None]
     image = bg * (1.0 - t) + shade(bg) * t
-    mask = shape_mask(spec, size, rng)[..., None]
-    image = image * (1.0 - mask) + color_array(spec.color) * mask
-    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    mask = shape_mask(spec, size, rng)
+    image = image * (1.0 - mask[..., None]) + color_array(spec.color) * mask[..., None]
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8), mask
+
+
+def render(spec: SceneSpec, size: int = 64, seed: int = 0) -> np.ndarray:
+    """Render a scene as an RGB uint8 array of shape (size, size, 3)."""
+    return render_with_mask(spec, size, seed)[0]

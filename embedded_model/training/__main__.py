@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-from", type=Path, default=None,
                    help="start a phase that has no checkpoint yet from this FluxPipeline directory's transformer "
                         "(e.g. a partly trained export), instead of from the previous phase")
+    p.add_argument("--object-weight", type=float, default=0.0,
+                   help="weigh each token's loss by 1 + this x the share of it the object covers (default: 0, plain "
+                        "MSE); the object is 1-10%% of a scene, so a plain loss is mostly background")
+    p.add_argument("--snapshot-every", type=int, default=500,
+                   help="keep an EMA snapshot every this many steps, for the adherence curve (default: 500; 0: none)")
     p.add_argument("--device", default="cpu", help="torch device for encoding and training, e.g. cuda (default: cpu)")
     return p.parse_args(argv)
 
@@ -85,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             data = render_dataset(work / f"scenes_{phase.size}.npz", args.images, phase.size, SEED)
             train_transformer(data, work, steps=phase_steps(args, phase.name), batch_size=args.batch_size,
                               minutes=args.minutes, arch=args.arch, phase=phase.name, device=args.device,
-                              init_weights=args.init_from)
+                              init_weights=args.init_from, object_weight=args.object_weight,
+                              snapshot_every=args.snapshot_every)
     if "export" in stages:
         from .export import export_pipeline
 

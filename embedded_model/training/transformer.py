@@ -184,13 +184,20 @@ class Denoiser:
 def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch_size: int | None = None,
                       lr: float | None = None, minutes: float | None = None, save_every: int = 200,
                       arch: str = "v1", phase: str | None = None, device: str = "cpu",
-                      init_weights: Path | None = None, snapshot_every: int = 500) -> Path:
+                      init_weights: Path | None = None, snapshot_every: int = 500,
+                      object_weight: float = 0.0) -> Path:
     """Train (or resume) one phase of `arch`'s plan on `data` (images at the phase's size); returns the checkpoint.
 
     Resumes from ``<work>/<phase>.pt``; a phase that has not started yet begins from `init_weights` (a
     FluxPipeline directory, e.g. an exported partly trained model) if given, else from the EMA of its
     ``init_from`` phase. Stops at `steps` or after `minutes` of this run.
+
+    `object_weight` w weighs each token's loss by ``1 + w x`` the share of it the object covers (0: plain
+    MSE). The object is 1-10% of a scene, so under a plain loss the background's tokens dominate; shape is the
+    attribute the v2 model has not learned.
     """
+    if object_weight < 0:
+        raise ValueError(f"object_weight must be >= 0, got {object_weight}")
     work = Path(work)
     spec = phase_named(arch, phase or PLANS[arch][0].name)
     size = int(data["images"].shape[1])
@@ -199,6 +206,8 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     batch_size = batch_size or spec.batch_size
     lr = lr or spec.lr
     enc = {k: v.to(device) for k, v in encode_dataset(data, work, device=device).items()}
+    # Rows of the cover follow the packed tokens' row-major order (FluxPipeline._pack_latents).
+    cover = torch.from_numpy(data["object_cover"].astype(np.float32)).flatten(1).to(device) if object_weight else None
     ckpt_path = checkpoint_path(work, spec)
     model = build_transformer(arch)
     state = load_checkpoint(ckpt_path)
@@ -249,7 +258,11 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
                 cond, uncond = both.chunk(2)
                 target = uncond + guidance[:, None, None] * (cond - uncond)
         pred = denoise(model, xt, t, p_idx, guidance)
-        loss = F.mse_loss(pred, target)
+        if cover is None:
+            loss = F.mse_loss(pred, target)
+        else:
+            weight = 1.0 + object_weight * cover[idx]
+            loss = ((pred - target).pow(2).mean(-1) * weight).sum() / weight.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

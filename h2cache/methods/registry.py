@@ -44,7 +44,8 @@ _OFFERED_ROLES = ("published", "ablation", "option", "experimental")
 def _config_setting(f: ConfigField) -> Setting:
     """A benchmark setting straight from H2CacheConfig's declaration of the field (same default and range)."""
     role = f"{f.role}: " if f.role != "published" else ""
-    return Setting(f.name, f.kind, f.default, f.low, INF, role + f.help)
+    none_means = None if f.none_means is None else f.none_means.removeprefix("None").strip(" ()")
+    return Setting(f.name, f.kind, f.default, f.low, INF, role + f.help, none_means=none_means or f.none_means)
 
 
 _H2 = {f.name: _config_setting(f) for f in config_fields() if f.role in _OFFERED_ROLES}
@@ -101,12 +102,14 @@ register(Method(
     (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded))
 
 
-def _register_with_and_without_guards(suffix: str, option: str, summary: str, guarded_summary: str) -> None:
+def _register_with_and_without_guards(suffix: str, option: str, summary: str, guarded_summary: str,
+                                      extra: tuple[Setting, ...] = ()) -> None:
     """``h2cache-<suffix>`` and ``h2cache-guarded-<suffix>``: H2-Cache with the boolean `option` on, alone and
-    with the proposal's guards, so that what the option adds can be told apart from what the guards add."""
-    register(Method(f"h2cache-{suffix}", summary, (_TAU1, _TAU2, _POOL1, _POOL2), _H2_GRID, attach_h2cache,
-                    fixed={option: True}))
-    register(Method(f"h2cache-guarded-{suffix}", guarded_summary, (_TAU1, _TAU2, _POOL1, _POOL2, *GUARD_SETTINGS),
+    with the proposal's guards, so that what the option adds can be told apart from what the guards add.
+    `extra` are settings of the option that both methods offer."""
+    base = (_TAU1, _TAU2, _POOL1, _POOL2, *extra)
+    register(Method(f"h2cache-{suffix}", summary, base, _H2_GRID, attach_h2cache, fixed={option: True}))
+    register(Method(f"h2cache-guarded-{suffix}", guarded_summary, (*base, *GUARD_SETTINGS),
                     _H2_GRID, attach_h2cache_guarded, fixed={option: True}))
 
 
@@ -118,7 +121,7 @@ _register_with_and_without_guards(
 _register_with_and_without_guards(
     "forecast", "forecast_residual",
     "experimental: H2-Cache whose hits add each stage's residual forecast from its last two misses",
-    "experimental: the forecast with the proposal's guards")
+    "experimental: the forecast with the proposal's guards", extra=(_H2["forecast_max_factor"], _H2["forecast_probe_factor"]))
 # The peers with the same guards (h2cache.methods.guards), so that what the guards buy can be told apart
 # from what H2-Cache's two stages buy; and MagCache with ratios per cache context.
 register(Method(

@@ -19,7 +19,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Setting:
-    """One tunable of a method. ``low``/``high`` are inclusive bounds (``None``: unbounded)."""
+    """One tunable of a method. ``low``/``high`` are inclusive bounds (``None``: unbounded). A setting with
+    ``none_means`` also takes ``None`` (``none`` on the command line), which that text describes."""
 
     name: str
     kind: type  # float, int or bool
@@ -27,11 +28,13 @@ class Setting:
     low: float | None = None
     high: float | None = None
     help: str = ""
+    none_means: str | None = None
 
     def describe(self) -> str:
         if self.kind is bool:
             return f"{self.name}: true/false (default {self.default})"
-        return f"{self.name}: {self.kind.__name__} in {self.range_text()} (default {self.default})"
+        optional = "" if self.none_means is None else f" or none ({self.none_means})"
+        return f"{self.name}: {self.kind.__name__} in {self.range_text()}{optional} (default {self.default})"
 
     def range_text(self) -> str:
         low = "-inf" if self.low is None else self.low
@@ -40,6 +43,8 @@ class Setting:
 
     def check(self, method: str, value: Any) -> Any:
         where = f"{method}.{self.name}"
+        if value is None and self.none_means is not None:
+            return None
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"{where} must be true or false, got {value!r}")
@@ -52,12 +57,15 @@ class Setting:
             label = "a number"
         ok = ok and (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
         if not ok:
-            raise ValueError(f"{where} must be {label} in {self.range_text()}, got {value!r}")
+            optional = "" if self.none_means is None else " or None"
+            raise ValueError(f"{where} must be {label} in {self.range_text()}{optional}, got {value!r}")
         return float(value) if self.kind is float else value
 
     def parse(self, method: str, text: str) -> Any:
         """A value from the command line (``'0.1'``, ``'3'``, ``'true'``), then checked."""
         text = text.strip()
+        if self.none_means is not None and text.lower() == "none":
+            return None
         try:
             if self.kind is bool:
                 lowered = text.lower()
