@@ -261,3 +261,60 @@ def test_flux_scale_check_pins_block_patterns_and_exactness(tmp_path):
     guarded = (2 * blocks + 3 * 2) / (blocks * steps)
     assert rows["h2cache guarded (options), full reuse"]["blocks_share"] == pytest.approx(guarded)
     assert "| h2cache, full reuse |" in (tmp_path / "result.md").read_text()
+
+
+def test_union_judges_subjects_against_fronts_over_every_run(tiny_model_dir, prompts_file, tmp_path):
+    """`python -m bench.union`: two runs of one image set that measured other guard settings give one front per
+    peer; a variant both runs measured counts once; runs on other seeds, or with other numbers for the same
+    variant, are refused with the reason."""
+    import contextlib
+    import csv
+    import io
+
+    from bench import main
+    from bench.union import main as union_main
+    from bench.union import unite
+
+    calibration = tmp_path / "calibration.json"
+
+    def run(out, *extra, seeds=("0", "1")):
+        main(["--model", str(tiny_model_dir), "--prompts", str(prompts_file), "--steps", "5", "--seeds", *seeds,
+              "--height", "16", "--width", "16", "--max-sequence-length", "16", "--repeats", "1", "--warmup", "0",
+              "--methods", "none", "h2cache-forecast", "fbcache-guarded",
+              "--grid", "h2cache-forecast:tau1=0.05,0.5:tau2=0.5",
+              "--grid", "fbcache-guarded:threshold=0.05,0.5", "--calibration", str(calibration),
+              "--calibration-prompts", "2", "--no-lpips", "--no-progress", "--no-plots", "--no-decision-cost",
+              "--out", str(tmp_path / out), *extra])
+        return tmp_path / out
+
+    default = run("default")
+    light = run("light", "--fix", "max_consecutive_hits=1", "retention_ratio=0.0")
+    summary = unite([default, light])
+    variants = [s["variant"] for s in summary]
+    assert len(variants) == len(set(variants))
+    guarded = [s for s in summary if s["method"] == "fbcache-guarded"]
+    assert len(guarded) == 4  # two thresholds under each guard setting
+    assert sum(s["method"] == "h2cache-forecast" for s in summary) == 2  # measured in both runs, counted once
+
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert union_main([str(default), str(light), "--subjects", "h2cache-forecast", "--peers", "fbcache-guarded"]) == 0
+    text = printed.getvalue()
+    assert "h2cache-forecast @ 5 steps, 30%-85% of FLOPs:" in text
+    assert sum("| fbcache-guarded |" in line for line in text.splitlines()) == 2  # one row per subject point
+
+    other_seeds = run("other-seeds", seeds=("2", "3"))
+    with pytest.raises(ValueError, match="not run on the same model, prompts and seeds"):
+        unite([default, other_seeds])
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    (tampered / "results.md").write_text((light / "results.md").read_text())
+    rows = list(csv.DictReader((light / "summary.csv").open()))
+    for row in rows:
+        if row["method"] == "h2cache-forecast":
+            row["mse"] = str(float(row["mse"] or 0) * 2 + 1)
+    with (tampered / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(ValueError, match="did not score the same images"):
+        unite([default, tampered])
