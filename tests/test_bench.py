@@ -104,6 +104,8 @@ def test_shipped_prompt_sets():
     from embedded_model.scenes import parse_prompt
 
     assert all(parse_prompt(p).is_held_out() for p in embedded)  # never seen in training
+    recheck = read_prompts(ROOT / "bench/prompts/embedded_recheck.txt")
+    assert recheck == embedded[8:] and len(recheck) >= 16  # the second held-out set: none of the first 8
     text = read_prompts(ROOT / "bench/prompts/cute_text.txt")
     assert 70 <= len(text) <= 90 and all('"' in p for p in text)
 
