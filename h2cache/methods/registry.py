@@ -44,8 +44,9 @@ _OFFERED_ROLES = ("published", "ablation", "option", "experimental")
 def _config_setting(f: ConfigField) -> Setting:
     """A benchmark setting straight from H2CacheConfig's declaration of the field (same default and range)."""
     role = f"{f.role}: " if f.role != "published" else ""
-    none_means = None if f.none_means is None else f.none_means.removeprefix("None").strip(" ()")
-    return Setting(f.name, f.kind, f.default, f.low, INF, role + f.help, none_means=none_means or f.none_means)
+    # The config says "None (unbounded)"; a benchmark setting's help adds "or none (...)" itself.
+    none_means = f.none_means and (f.none_means.removeprefix("None").strip(" ()") or f.none_means)
+    return Setting(f.name, f.kind, f.default, f.low, INF, role + f.help, none_means=none_means)
 
 
 _H2 = {f.name: _config_setting(f) for f in config_fields() if f.role in _OFFERED_ROLES}
@@ -121,7 +122,8 @@ _register_with_and_without_guards(
 _register_with_and_without_guards(
     "forecast", "forecast_residual",
     "experimental: H2-Cache whose hits add each stage's residual forecast from its last two misses",
-    "experimental: the forecast with the proposal's guards", extra=(_H2["forecast_max_factor"], _H2["forecast_probe_factor"]))
+    "experimental: the forecast with the proposal's guards",
+    extra=(_H2["forecast_max_factor"], _H2["forecast_probe_factor"]))
 # The peers with the same guards (h2cache.methods.guards), so that what the guards buy can be told apart
 # from what H2-Cache's two stages buy; and MagCache with ratios per cache context.
 register(Method(
