@@ -53,8 +53,10 @@ def read_run(run: Path) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
         if not (run / name).exists():
             raise FileNotFoundError(f"{run / name} is missing: not a benchmark output directory")
     lines = (run / "results.md").read_text().splitlines()
-    identity = tuple(next((line.split(" (")[0] if key == "- Model:" else line for line in lines
-                           if line.startswith(key)), "") for key in IDENTITY_LINES)
+    # The model line names the weights' fingerprint; the prompts line names the prompt file, the count and the
+    # seeds, then timing settings (warm-up, repeats) that do not change the images, so those are left out.
+    identity = tuple(next((line.split("; warm-up")[0] for line in lines if line.startswith(key)), "")
+                     for key in IDENTITY_LINES)
     rows = []
     with (run / "summary.csv").open() as f:
         for row in csv.DictReader(f):

@@ -320,3 +320,15 @@ def test_union_judges_subjects_against_fronts_over_every_run(tiny_model_dir, pro
         writer.writerows(rows)
     with pytest.raises(ValueError, match="did not score the same images"):
         unite([default, tampered])
+    # Other weights (fingerprint) are refused; other timing settings (repeats) are not a different image set.
+    import re
+
+    other_model = tmp_path / "other-model"
+    other_model.mkdir()
+    (other_model / "summary.csv").write_text((light / "summary.csv").read_text())
+    report = (light / "results.md").read_text()
+    (other_model / "results.md").write_text(re.sub(r"fingerprint `\w+`", "fingerprint `0000`", report))
+    with pytest.raises(ValueError, match="not run on the same model"):
+        unite([default, other_model])
+    (other_model / "results.md").write_text(report.replace("repeats 1", "repeats 3"))
+    assert len(unite([default, other_model])) == len(summary)
