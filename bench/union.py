@@ -102,11 +102,13 @@ def budget_goal(rows: list[dict[str, Any]], low: float, high: float) -> dict[str
         misses = [f"{r['cost']:.1%} {r['verdict']} against {r['peer_method']}" for r in inside
                   if r["verdict"] not in ("better", "tie")]
         costs = [r["cost"] for r in inside]
-        if not costs or min(costs) > low + REACH:
-            misses.append(f"no counted point within {REACH:.0%} of {low:.0%} (cheapest: "
-                          f"{min(costs):.1%})" if costs else "no counted point in the range")
-        if costs and max(costs) < high - REACH:
-            misses.append(f"no counted point within {REACH:.0%} of {high:.0%} (dearest: {max(costs):.1%})")
+        if not costs:
+            misses.append("no counted point in the range")
+        else:
+            if min(costs) > low + REACH:
+                misses.append(f"no counted point within {REACH:.0%} of {low:.0%} (cheapest: {min(costs):.1%})")
+            if max(costs) < high - REACH:
+                misses.append(f"no counted point within {REACH:.0%} of {high:.0%} (dearest: {max(costs):.1%})")
         found[f"{key[0]} @ {key[1]} steps"] = misses
     return found
 

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from ..scenes import render_with_mask, sample_specs
 
-# A transformer token covers 8x8 pixels: the VAE downsamples 4x and FLUX packs 2x2 latents into a token.
+# A transformer token covers 8x8 pixels: the VAE downsamples 4x and FLUX packs 2x2 latents into a token
+# (components.VAE_FACTOR x 2; not imported from there, which would load diffusers in every render worker).
 PIXELS_PER_TOKEN = 8
 
 
