@@ -230,10 +230,20 @@ def _verdict_section(verdicts: dict[str, Any], config: BenchConfig) -> list[str]
         "dearest point, and undefined below its cheapest. Differences under 0.05 dB PSNR, 0.0005 SSIM or 0.001 "
         "LPIPS count as zero; better / worse need every metric to agree. Counted: the distinct, non-dominated, "
         "non-degenerate points of the method under test. 'best reached' is the peer's best real point at no more "
-        "than that cost.", "",
-        "| steps | method under test | FLOPs | PSNR | SSIM | peer | front PSNR | front SSIM | best reached "
-        "| verdict | counted |",
-        "|---:|---|---:|---:|---:|---|---:|---:|---|---|---|"]
+        "than that cost.", ""] + verdict_table(rows)
+    for name in BASES:
+        lines += ["", f"Counts, {name} basis{' (the table above)' if name == basis else ''}:", ""]
+        lines += count_lines(verdicts["verdicts"].get(name, {})) or ["- none counted"]
+    if verdicts["not_counted"]:
+        lines += ["", f"Not counted ({basis} basis):", ""] + count_lines(verdicts["not_counted"])
+    return lines
+
+
+def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The markdown table of :func:`bench.verdicts.compare_with_fronts` rows: each point against a peer's front."""
+    lines = ["| steps | method under test | FLOPs | PSNR | SSIM | peer | front PSNR | front SSIM | best reached "
+             "| verdict | counted |",
+             "|---:|---|---:|---:|---:|---|---:|---:|---|---|---|"]
     for r in rows:
         reached = (f"`{r['peer_best_reached']}` ({_num(r['peer_best_reached_cost'], percent=True)}, "
                    f"{_psnr_cell(r['peer_best_reached_psnr'], True)} dB)" if r["peer_best_reached"] else "—")
@@ -242,17 +252,13 @@ def _verdict_section(verdicts: dict[str, Any], config: BenchConfig) -> list[str]
             f"| {_num(r['ssim'], 4)} | {r['peer_method']} | {_psnr_cell(r['peer_front_psnr'], r['peer_front_identical'])} "
             f"| {_num(r['peer_front_ssim'], 4)} | {reached} | {r['verdict'] or '—'} "
             f"| {'yes' if r['counted'] else 'no: ' + r['status']} |")
-    for name in BASES:
-        lines += ["", f"Counts, {name} basis{' (the table above)' if name == basis else ''}:", ""]
-        counts = verdicts["verdicts"].get(name, {})
-        lines += [f"- {pair}: " + ", ".join(f"{k}: {v}" for k, v in sorted(c.items())) for pair, c in counts.items()]
-        if not counts:
-            lines.append("- none counted")
-    if verdicts["not_counted"]:
-        lines += ["", f"Not counted ({basis} basis):", ""]
-        lines += [f"- {pair}: " + ", ".join(f"{k}: {v}" for k, v in sorted(c.items()))
-                  for pair, c in verdicts["not_counted"].items()]
     return lines
+
+
+def count_lines(counts: dict[str, dict[str, int]]) -> list[str]:
+    """One markdown list item per 'subject vs peer @ N steps' of :func:`bench.verdicts.verdict_counts` (or the
+    not-counted reasons): ``- pair: better: 2, worse: 1``."""
+    return [f"- {pair}: " + ", ".join(f"{k}: {v}" for k, v in sorted(c.items())) for pair, c in counts.items()]
 
 
 def _decision_cost_and_flops(meta: dict[str, Any]) -> list[str]:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from .quality import BASES
+from .report import count_lines, verdict_table
 from .verdicts import PEERS, compare_with_fronts, flag_degenerate, verdict_counts
 
 IDENTITY_LINES = ("- Model:", "- Prompts:")  # lines of results.md that two united runs must share
@@ -113,10 +113,6 @@ def budget_goal(rows: list[dict[str, Any]], low: float, high: float) -> dict[str
     return found
 
 
-def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else pattern.format(value)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.union", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,14 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     summary = unite(args.runs)
     rows = compare_with_fronts(summary, tuple(args.subjects), tuple(args.peers), args.basis)
-    print(f"| steps | subject | FLOPs | PSNR ({args.basis}) | peer | peer front PSNR | verdict | counted |")
-    print("|---:|---|---:|---:|---|---:|---|---|")
-    for r in rows:
-        print(f"| {r['steps']} | `{r['subject']}` | {r['cost']:.1%} | {_fmt(r['psnr'])} | {r['peer_method']} | "
-              f"{_fmt(r['peer_front_psnr'])} | {r['verdict'] or '—'} | {'yes' if r['counted'] else r['status']} |")
+    print(f"Quality on the {args.basis} basis.\n")
+    print("\n".join(verdict_table(rows)))
     print()
-    for key, counts in verdict_counts(rows).items():
-        print(f"{key}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    print("\n".join(count_lines(verdict_counts(rows)) or ["- none counted"]))
     print()
     low, high = args.budget
     for key, misses in budget_goal(rows, low, high).items():
