@@ -112,6 +112,15 @@ class H2CacheConfig:
             probe instead of counted in steps: the projection of the change of this call's PFS thumbnail since
             the last miss onto its change between the last two misses, relative to that change. The stage
             residual is then moved as far along its own line as the probe moved along its line.
+        forecast_fallback: Experimental, with ``forecast_residual`` only. At each miss the stage judges what a
+            hit would have added against the residual it just computed (:mod:`h2cache.forecast_error`); when
+            replaying the last residual would have come closer than the forecast, the stage's hits replay until
+            its next miss.
+        forecast_error_limit: Experimental, with ``forecast_residual`` only. When that error (relative L1 of
+            the reused residual; the smaller of the two with ``forecast_fallback``) exceeds this limit, the
+            stage's threshold is multiplied by ``limit / error`` until its next miss, so the stage is refreshed
+            sooner. A structure hit reuses the detail stage too, so ``tau1`` takes the smaller of the two
+            stages' factors. ``None`` (default) or a finite number ``>= 0``.
 
     Example:
         >>> guarded = H2CacheConfig(warmup_steps=6, max_consecutive_hits=3, final_full_steps=1,
@@ -172,6 +181,16 @@ class H2CacheConfig:
                                            help="The forecast's factor is how far the probe's PFS thumbnail moved "
                                                 "since the last miss, along its change between the last two misses, "
                                                 "instead of the steps elapsed (needs forecast_residual)")
+    forecast_fallback: bool = _declare(False, bool, role="experimental", label="Forecast falls back to replay",
+                                       help="After a miss at which replaying would have come closer to the computed "
+                                            "residual than the forecast, the stage replays until its next miss "
+                                            "(needs forecast_residual)")
+    forecast_error_limit: float | None = _declare(None, float, low=0.0, none_means="None (off)", role="experimental",
+                                                  label="Forecast error limit",
+                                                  help="Largest relative L1 error of the reused residual, measured "
+                                                       "at the stage's last miss; above it the stage's threshold is "
+                                                       "scaled by limit / error until its next miss (needs "
+                                                       "forecast_residual)")
 
     def __setattr__(self, name: str, value) -> None:
         _validate(name, value)
@@ -188,6 +207,12 @@ class H2CacheConfig:
         if self.forecast_probe_factor and not self.forecast_residual:
             raise ValueError("H2CacheConfig.forecast_probe_factor = True needs H2CacheConfig.forecast_residual = True "
                              "(it measures the forecast's factor)")
+        if self.forecast_fallback and not self.forecast_residual:
+            raise ValueError("H2CacheConfig.forecast_fallback = True needs H2CacheConfig.forecast_residual = True "
+                             "(it chooses between the forecast and replay)")
+        if self.forecast_error_limit is not None and not self.forecast_residual:
+            raise ValueError(f"H2CacheConfig.forecast_error_limit = {self.forecast_error_limit} needs "
+                             "H2CacheConfig.forecast_residual = True (it measures the forecast's error)")
         if self.skip_stage2_probe_on_hit and self.independent_stage2:
             raise ValueError("H2CacheConfig.skip_stage2_probe_on_hit and H2CacheConfig.independent_stage2 cannot "
                              "both be True: an independent stage 2 needs its probe to decide")

@@ -18,7 +18,8 @@ Options in :class:`~h2cache.config.H2CacheConfig`, off by default, change this:
 guards that force a full call (warm-up, final steps, a cap on consecutive hits),
 ``skip_stage2_probe_on_hit``, which on a stage-1 hit adds the whole of stage 2's
 last residual instead of running its probe, and (experimental) ``forecast_residual``,
-which on a hit adds the residual extrapolated from the stage's last two misses.
+which on a hit adds the residual extrapolated from the stage's last two misses, with options that judge
+that forecast at each miss (:mod:`h2cache.forecast_error`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState
 
 from .config import H2CacheConfig
+from .forecast_error import ForecastError
 from .hook_machinery import (ContextStateManager, StatefulBlockHook, detach_hooks, install_reset, refuse_stacking,
                              remove_reset, transformer_of)
 from .pfs import pfs_distance, pfs_kernel, pfs_thumbnail
@@ -192,6 +194,7 @@ class H2CacheState(BaseState):
         self.stages = (_StageState(), _StageState())
         self.whole_detail = WholeStageResidual()  # skip_stage2_probe_on_hit only
         self.forecasts = (ResidualForecast(), ResidualForecast())  # forecast_residual only
+        self.forecast_errors = (ForecastError(), ForecastError())  # forecast_fallback / forecast_error_limit only
         self.step = 0
         self.record: StepRecord | None = None
         self.streak = 0  # calls in a row that reused anything (max_consecutive_hits)
@@ -332,10 +335,12 @@ class H2ProbeHook(StatefulBlockHook):
         inputs = (hidden_in, encoder_in)
         if hit:
             residual = stage.residual
-            if self.config.forecast_residual:
-                thumb = stage.thumb if self.config.forecast_probe_factor else None
+            cfg = self.config
+            replays = cfg.forecast_fallback and state.forecast_errors[self.spec.index].replays()
+            if cfg.forecast_residual and not replays:
+                thumb = stage.thumb if cfg.forecast_probe_factor else None
                 residual = state.forecasts[self.spec.index].extrapolate(residual, state.step,
-                                                                        self.config.forecast_max_factor, thumb)
+                                                                        cfg.forecast_max_factor, thumb)
             res_hidden, res_encoder = residual
             hidden_out, encoder_out = _add(hidden_out, res_hidden), _add(encoder_out, res_encoder)
             if one_probe:
@@ -377,7 +382,7 @@ class H2ProbeHook(StatefulBlockHook):
         distance = None
         if stage.ref is not None and stage.residual is not None and stage.ref.shape == thumb.shape:
             distance = self._distance(stage.ref, thumb)
-        hit = distance is not None and distance < getattr(self.config, spec.threshold) and not state.force_full
+        hit = distance is not None and distance < self._threshold(state) and not state.force_full
         if self.views.enabled and state.record is not None:
             reference_step = stage.ref_step if distance is not None else None
             self._record_view(state, signal, hidden_out.shape[1], thumb, distance, reference_step, hit)
@@ -385,6 +390,17 @@ class H2ProbeHook(StatefulBlockHook):
             stage.ref, stage.ref_step = thumb, state.step
         stage.hit = hit
         return distance, hit, False
+
+    def _threshold(self, state: H2CacheState) -> float:
+        cfg = self.config
+        threshold = getattr(cfg, self.spec.threshold)
+        if cfg.forecast_error_limit is None:
+            return threshold
+        scales = [e.threshold_scale(cfg.forecast_error_limit, cfg.forecast_fallback) for e in state.forecast_errors]
+        # A structure hit reuses the detail stage as well (unless the ablation decouples them).
+        if self.spec.follows_structure or cfg.independent_stage2:
+            return threshold * scales[self.spec.index]
+        return threshold * min(scales)
 
     def _pool_size(self) -> int:
         return getattr(self.config, self.spec.pool_size)
@@ -433,9 +449,15 @@ class H2BlockHook(StatefulBlockHook):
             head_hidden, head_encoder = stage.head_output
             stage.residual = (hidden_out - head_hidden, _sub(encoder_out, head_encoder))
             stage.head_output = None
-            if self.config.forecast_residual:
+            cfg = self.config
+            if cfg.forecast_residual:
+                forecast = state.forecasts[self.spec.index]
                 # stage.ref is this miss's thumbnail: the miss refreshed it.
-                state.forecasts[self.spec.index].remember(stage.residual, state.step, stage.ref)
+                if cfg.forecast_fallback or cfg.forecast_error_limit is not None:
+                    thumb = stage.ref if cfg.forecast_probe_factor else None
+                    state.forecast_errors[self.spec.index].measure(forecast, stage.residual, state.step,
+                                                                   cfg.forecast_max_factor, thumb)
+                forecast.remember(stage.residual, state.step, stage.ref)
             if self.spec.follows_structure:
                 state.whole_detail.finish((hidden_out, encoder_out))
         return output

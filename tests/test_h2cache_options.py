@@ -308,3 +308,122 @@ def test_forecast_probe_factor_moves_the_residual_as_far_as_the_probe_moved(monk
     assert not torch.equal(measured, counted)
     with pytest.raises(ValueError, match="forecast_probe_factor = True needs H2CacheConfig.forecast_residual"):
         H2CacheConfig(forecast_probe_factor=True).validate()
+
+
+def _stage_of(errors, owner) -> int:
+    return 0 if owner is errors[0] else 1
+
+
+def test_forecast_fallback_judges_each_miss_and_replays_where_replay_came_closer(monkeypatch):
+    """Experimental `forecast_fallback`: at each miss a stage measures, against the residual just computed, the
+    relative L1 error of the forecast and of plain replay (both recomputed here from the remembered residuals);
+    until its next miss a stage's hits forecast where the forecast was the closer one and replay otherwise."""
+    from h2cache.forecast_error import ForecastError, relative_l1
+    from h2cache.hooks import ResidualForecast
+
+    measured: list[tuple] = []  # (errors, forecast, step, residual, last, before, forecast error, replay error)
+    real_measure = ForecastError.measure
+
+    def measure(self, forecast, residual, step, max_factor=None, thumb=None):
+        last, before = forecast.last, forecast.before
+        real_measure(self, forecast, residual, step, max_factor, thumb)
+        measured.append((self, forecast, step, residual, last, before, self.forecast, self.replay))
+
+    extrapolated: list[tuple[ResidualForecast, int]] = []
+    real_extrapolate = ResidualForecast.extrapolate
+
+    def extrapolate(self, residual, step, max_factor=None, thumb=None):
+        extrapolated.append((self, step))
+        return real_extrapolate(self, residual, step, max_factor, thumb)
+
+    monkeypatch.setattr(ForecastError, "measure", measure)
+    monkeypatch.setattr(ResidualForecast, "extrapolate", extrapolate)
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    steps = 11
+    handle = apply_h2_cache(pipe, H2CacheConfig(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2,
+                                                forecast_residual=True, forecast_fallback=True))
+    fallback = run(pipe, num_inference_steps=steps)
+    assert [r.hit1 for r in handle.trace] == [False, True, True] * 3 + [False, True]
+    handle.remove()
+    owners = {(id(m[0]), id(m[1])): m[:2] for m in measured}
+    assert len(owners) == 2  # one ForecastError per stage, beside its ResidualForecast
+    choices = set()
+    for errors, forecast in owners.values():
+        misses = [m[2:] for m in measured if m[0] is errors]
+        assert [step for step, *_ in misses] == [0, 3, 6, 9]
+        for step, residual, last, before, got_forecast, got_replay in misses:
+            if last is None:  # the first miss: nothing to judge yet
+                assert got_forecast is None and got_replay is None
+                continue
+            assert got_replay == pytest.approx(relative_l1(last, residual))
+            expected = last if before is None else tuple(
+                None if r is None else r + (step - t) / (t - t0) * (r - b)
+                for r, b, t, t0 in zip(last, before, (step - 3,) * 2, (step - 6,) * 2))
+            assert got_forecast == pytest.approx(relative_l1(expected, residual))
+        hits = (1, 2, 4, 5, 7, 8, 10)
+        # (measure() extrapolates at the misses too: only the hits' calls tell what a hit added)
+        hits_forecast = sorted(step for owner, step in extrapolated if owner is forecast and step in hits)
+        expected_hits = []
+        for hit in hits:
+            *_, err_f, err_r = [m for m in misses if m[0] < hit][-1]
+            replays = err_f is not None and err_r < err_f
+            choices.add(replays)
+            if not replays:
+                expected_hits.append(hit)
+        assert hits_forecast == expected_hits
+    assert choices == {True, False}, "this model and seed should exercise both choices"
+
+    handle = apply_h2_cache(pipe, H2CacheConfig(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2, forecast_residual=True))
+    assert not torch.equal(run(pipe, num_inference_steps=steps), fallback)
+    handle.remove()
+    with pytest.raises(ValueError, match="forecast_fallback = True needs H2CacheConfig.forecast_residual"):
+        H2CacheConfig(forecast_fallback=True).validate()
+
+
+def test_forecast_error_limit_tightens_the_thresholds_and_a_detail_error_tightens_both_stages(monkeypatch):
+    """Experimental `forecast_error_limit`: a stage's threshold is scaled by min(1, limit / error) after each miss.
+    A limit of 0 turns every call after the first judged miss into a miss; a limit no error reaches changes
+    nothing; since a structure hit reuses the detail stage too, a detail-stage error tightens tau1 as well,
+    unless independent_stage2 decouples the stages."""
+    from h2cache.forecast_error import ForecastError
+
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    settings = dict(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2, forecast_residual=True)
+    images, patterns = {}, {}
+    for name, limit in {"off": None, "zero": 0.0, "loose": 1e9}.items():
+        handle = apply_h2_cache(pipe, H2CacheConfig(**settings, forecast_error_limit=limit))
+        images[name] = run(pipe, num_inference_steps=8)
+        patterns[name] = [(r.hit1, r.hit2) for r in handle.trace]
+        handle.remove()
+    assert [h1 for h1, _ in patterns["off"]] == [False, True, True, False, True, True, False, True]
+    # Step 3's miss is the first with an earlier residual to judge; from then on the threshold is 0.
+    assert patterns["zero"] == [(False, False), (True, True), (True, True)] + [(False, False)] * 5
+    assert torch.equal(images["loose"], images["off"])
+    assert not torch.equal(images["zero"], images["off"])
+
+    def detail_only(self, limit, fallback):  # only the detail stage reports an error over the limit
+        return 0.0 if self is detail[0] else 1.0
+
+    monkeypatch.setattr(ForecastError, "threshold_scale", detail_only)
+    for independent, expected in ((False, [(False, False)] * 8),
+                                  (True, [(False, False)] + [(True, False)] * 2 + [(False, False)]
+                                   + [(True, False)] * 2 + [(False, False), (True, False)])):
+        from h2cache.hooks import H2CacheState
+        detail = []
+        real_init = H2CacheState.__init__
+
+        def init(self, real_init=real_init):
+            real_init(self)
+            detail[:] = [self.forecast_errors[1]]
+
+        monkeypatch.setattr(H2CacheState, "__init__", init)
+        handle = apply_h2_cache(pipe, H2CacheConfig(**settings, forecast_error_limit=0.5,
+                                                    independent_stage2=independent))
+        run(pipe, num_inference_steps=8)
+        assert [(r.hit1, r.hit2) for r in handle.trace] == expected
+        handle.remove()
+        monkeypatch.setattr(H2CacheState, "__init__", real_init)
+    with pytest.raises(ValueError, match="forecast_error_limit = 0.1 needs H2CacheConfig.forecast_residual"):
+        H2CacheConfig(forecast_error_limit=0.1).validate()
+    with pytest.raises(ValueError, match=r"forecast_error_limit must be None \(off\) or a finite number >= 0"):
+        H2CacheConfig(forecast_residual=True, forecast_error_limit=float("nan"))

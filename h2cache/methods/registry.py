@@ -123,7 +123,8 @@ _register_with_and_without_guards(
     "forecast", "forecast_residual",
     "experimental: H2-Cache whose hits add each stage's residual forecast from its last two misses",
     "experimental: the forecast with the proposal's guards",
-    extra=(_H2["forecast_max_factor"], _H2["forecast_probe_factor"]))
+    extra=tuple(_H2[name] for name in ("forecast_max_factor", "forecast_probe_factor", "forecast_fallback",
+                                       "forecast_error_limit")))
 # The peers with the same guards (h2cache.methods.guards), so that what the guards buy can be told apart
 # from what H2-Cache's two stages buy; and MagCache with ratios per cache context.
 register(Method(
