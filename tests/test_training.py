@@ -175,3 +175,22 @@ def test_the_object_cover_follows_the_packed_tokens_and_weighs_the_loss(tmp_path
     assert not torch.equal(updated[0.0][key], updated[8.0][key])
     with pytest.raises(ValueError, match="object_weight must be >= 0"):
         train_transformer(data, tmp_path / "w0.0", steps=2, batch_size=2, arch="v2", phase="finetune", object_weight=-1)
+
+
+def test_word_sensitivity_renders_each_shape_word_on_one_scene_and_reads_it_back(capsys):
+    """The shape diagnosis on the shipped model: one scene and seed per row, the four shape words, one table of
+    pairwise pixel differences (a real, non-zero number per pair) and one row of read-back shapes per word."""
+    from embedded_model.scenes.grammar import SHAPES
+    from embedded_model.training.word_sensitivity import main
+
+    assert main(["--scenes", "1", "--steps", "2"]) == 0
+    text = capsys.readouterr().out
+    diff_rows = [line for line in text.splitlines() if line.startswith(tuple(f"| {s} | " for s in SHAPES))]
+    assert len(diff_rows) == 2 * len(SHAPES)  # the difference table, then the read-back table
+    for row in diff_rows[:len(SHAPES)]:
+        cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+        assert cells.count("—") == 1 and all(float(c) > 0 for c in cells if c != "—")
+    for row in diff_rows[len(SHAPES):]:
+        assert sum(int(c) for c in row.strip("|").split("|")[1:]) == 1  # one image per word and scene
+    with pytest.raises(SystemExit):
+        main(["--scenes", "0"])
