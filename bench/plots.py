@@ -40,6 +40,8 @@ def _ssim(s: dict[str, Any]) -> float:
 
 def _ssim_tick(value: float, _position: Any = None) -> str:
     """0.9, 0.99, 0.999 rather than the logit axis' default '1 - 10^-3'."""
+    if value >= 1.0:  # the logit axis' locator can place a tick at its upper end
+        return "1"
     if value >= 0.5:
         return f"{value:.{max(1, round(-math.log10(1.0 - value)))}f}"
     return f"{value:.2g}"

@@ -38,4 +38,17 @@ def test_plots_put_the_flops_axes_first_and_plot_lpips_only_when_measured(tmp_pa
 
 
 def test_ssim_ticks_read_as_numbers():
-    assert [_ssim_tick(v) for v in (0.9, 0.99, 0.999, 0.2)] == ["0.9", "0.99", "0.999", "0.2"]
+    assert [_ssim_tick(v) for v in (0.9, 0.99, 0.999, 0.2, 1.0)] == ["0.9", "0.99", "0.999", "0.2", "1"]
+
+
+def test_a_run_whose_ssim_spans_0_93_to_0_994_is_plotted(tmp_path):
+    """A real 28-step run's SSIM values (one method, eight points) once made the logit axis ask for a tick
+    label at 1.0, which raised a math domain error and lost the run's report."""
+    ssims = (0.9688, 0.9894, 0.9326, 0.9877, 0.9931, 0.9935, 0.9760, 0.9872)
+    shares = (0.345, 0.400, 0.271, 0.389, 0.411, 0.449, 0.365, 0.405)
+    rows = [{"steps": 28, "method": "h2cache-guarded-forecast", "variant": f"v{i}", "settings": {},
+             "blocks_share": share, "flops_share": share, "psnr": 30.0 + 30 * share, "identical": False,
+             "ssim": ssim, "lpips": None, "lpips_reason": None, "speedup_denoise": 1 / share, "degenerate": False}
+            for i, (ssim, share) in enumerate(zip(ssims, shares))]
+    written = write_plots(tmp_path, rows)
+    assert "ssim_vs_flops.png" in written and (tmp_path / "ssim_vs_flops.png").stat().st_size > 0
