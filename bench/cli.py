@@ -10,7 +10,7 @@ from typing import Any
 
 from h2cache.methods import METHODS
 from .quality import BASES
-from .spec import DEFAULT_METHODS, DEFAULT_PROMPTS, TEXT_PROMPTS, BenchConfig, parse_fixed, parse_grid
+from .spec import DEFAULT_METHODS, DEFAULT_PROMPTS, TEXT_PROMPTS, BenchConfig, Grid, grid_points, parse_fixed, parse_grid
 from .verdicts import PEERS, SUBJECTS
 
 
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="METHOD", help=f"methods to run ('none' is always run as the reference); "
                                                f"choose from {', '.join(METHODS)}")
     parser.add_argument("--grid", action="append", default=[], metavar="METHOD:KEY=V1,V2[:KEY=...]",
-                        help="replace a method's default grid (repeatable); values are range-checked")
+                        help="replace a method's default grid (repeatable; a method named again adds points); "
+                             "values are range-checked")
     parser.add_argument("--fix", nargs="+", default=[], metavar="KEY=VALUE",
                         help="hold a setting for every method that declares it, in explicit and auto grids alike "
                              "(e.g. pool_size_stage1=128 pool_size_stage2=22: FLUX.1's PFS kernels at the "
@@ -114,7 +115,12 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
 
 def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> BenchConfig:
     try:
-        grids = dict(parse_grid(text) for text in args.grid)
+        grids: dict[str, Grid] = {}
+        for text in args.grid:
+            name, grid = parse_grid(text)
+            # A method named again adds its points (e.g. tau pairs that are not a product) instead of
+            # silently replacing the earlier ones.
+            grids[name] = grid_points(grids[name]) + grid_points(grid) if name in grids else grid
         fixed = parse_fixed(args.fix, tuple(dict.fromkeys(args.methods)))
     except ValueError as exc:
         parser.error(str(exc))

@@ -65,7 +65,7 @@ class BenchConfig:
     steps: tuple[int, ...] = (28,)
     seeds: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = DEFAULT_METHODS
-    grids: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+    grids: dict[str, Grid] = field(default_factory=dict)  # per method: a product or a list of points
     fixed: dict[str, Any] = field(default_factory=dict)  # --fix: held for every method that declares the key
     warmup: int = 1
     repeats: int = 3
@@ -132,6 +132,19 @@ def with_fixed(method: str, settings: dict[str, Any], fixed: dict[str, Any]) -> 
 Grid = dict[str, tuple[Any, ...]] | list[dict[str, Any]]  # a cartesian product, or a list of points
 
 
+def grid_points(grid: Grid) -> list[dict[str, Any]]:
+    """A grid's points: a dict of value lists as its cartesian product, a list of points as it is.
+
+    Example:
+        >>> grid_points({"tau1": (0.1, 0.2), "tau2": (0.3,)})
+        [{'tau1': 0.1, 'tau2': 0.3}, {'tau1': 0.2, 'tau2': 0.3}]
+    """
+    if isinstance(grid, dict):
+        keys = list(grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] if keys else [{}]
+    return [dict(point) for point in grid]
+
+
 def expand_variants(methods: list[str] | tuple[str, ...], grids: dict[str, Grid],
                     fixed: dict[str, Any] | None = None) -> list[Variant]:
     """Each method's grid (given, else its default grid) as variants: a dict of value lists is a cartesian
@@ -141,13 +154,7 @@ def expand_variants(methods: list[str] | tuple[str, ...], grids: dict[str, Grid]
     variants: list[Variant] = []
     for name in methods:
         method = get_method(name)
-        grid = grids.get(name, method.default_grid)
-        if isinstance(grid, dict):
-            keys = list(grid)
-            points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] if keys else [{}]
-        else:
-            points = [dict(point) for point in grid]
-        for point in points:
+        for point in grid_points(grids.get(name, method.default_grid)):
             point = with_fixed(name, point, fixed or {})
             method.validate(**point)
             variant = Variant(name, tuple(point.items()))

@@ -80,6 +80,11 @@ def test_grid_parsing_checks_names_and_ranges():
         parse_config(["--grid", "fbcache:threshold=abc"])
     labels = [v.label for v in expand_variants(["none", "h2cache"], {"h2cache": {"tau1": (0.1, 0.2), "tau2": (0.3,)}})]
     assert labels == ["none", "h2cache(tau1=0.1,tau2=0.3)", "h2cache(tau1=0.2,tau2=0.3)"]
+    # Naming a method twice adds points (pairs that are not a product) rather than replacing the first grid.
+    config = parse_config(["--methods", "none", "h2cache", "--grid", "h2cache:tau1=0.1:tau2=0.1",
+                           "--grid", "h2cache:tau1=0.3:tau2=0.3,0.4"])
+    labels = [v.label for v in expand_variants(config.methods, config.grids)]
+    assert labels == ["none", "h2cache(tau1=0.1,tau2=0.1)", "h2cache(tau1=0.3,tau2=0.3)", "h2cache(tau1=0.3,tau2=0.4)"]
 
 
 def test_fixed_settings_are_checked_and_reach_only_the_methods_that_declare_them(capsys):
