@@ -337,3 +337,23 @@ def test_union_judges_subjects_against_fronts_over_every_run(tiny_model_dir, pro
         unite([default, other_model])
     (other_model / "results.md").write_text(report.replace("repeats 1", "repeats 3"))
     assert len(unite([default, other_model])) == len(summary)
+
+
+def test_score_points_scores_settings_on_calibration_prompts_only(capsys):
+    """`python -m bench.score_points` on the embedded model: one table row per point, with the --fix settings
+    held where the method declares them; a point with a setting its method lacks, or settings that are not
+    a JSON object, is refused with the reason."""
+    from bench.score_points import main
+
+    assert main(['h2cache|{"tau1": 0.3, "tau2": 0.3}', "fbcache", "--steps", "3", "--prompts", "1",
+                 "--fix", "pool_size_stage1=128"]) == 0
+    out = capsys.readouterr().out
+    assert "1 calibration prompts, seed 0, 3 steps; fixed: {'pool_size_stage1': 128}" in out
+    rows = [line for line in out.splitlines() if line.startswith(("| h2cache |", "| fbcache |"))]
+    assert len(rows) == 2
+    share = float(rows[0].split("|")[3].strip().rstrip("%"))
+    assert 0 < share < 100  # tau 0.3 reuses something at 3 steps
+    for bad, reason in (('h2cache|{"tau": 1}', "has no setting 'tau'"), ("h2cache|[1]", "must be a JSON object")):
+        with pytest.raises(SystemExit):
+            main([bad])
+        assert reason in capsys.readouterr().err
