@@ -121,6 +121,11 @@ class H2CacheConfig:
             stage's threshold is multiplied by ``limit / error`` until its next miss, so the stage is refreshed
             sooner. A structure hit reuses the detail stage too, so ``tau1`` takes the smaller of the two
             stages' factors. ``None`` (default) or a finite number ``>= 0``.
+        guards_structure_only: Experimental. ``warmup_steps`` and ``max_consecutive_hits`` force only the
+            structure stage to run; on those calls the detail stage decides by its own PFS distance and
+            ``tau2`` (``final_full_steps`` still forces every block), and the cap counts calls in a row that
+            reused the structure stage. The paper's premise, structure settles early and details late, as a
+            guard: refresh what sets the structure, let the details be reused.
 
     Example:
         >>> guarded = H2CacheConfig(warmup_steps=6, max_consecutive_hits=3, final_full_steps=1,
@@ -191,6 +196,11 @@ class H2CacheConfig:
                                                        "at the stage's last miss; above it the stage's threshold is "
                                                        "scaled by limit / error until its next miss (needs "
                                                        "forecast_residual)")
+
+    guards_structure_only: bool = _declare(False, bool, role="experimental", label="Guards refresh stage 1 only",
+                                           help="The warm-up and the cap on consecutive hits force the structure "
+                                                "stage only; the detail stage decides by its own distance on those "
+                                                "calls (the final steps still compute every block)")
 
     def __setattr__(self, name: str, value) -> None:
         _validate(name, value)

@@ -198,7 +198,8 @@ class H2CacheState(BaseState):
         self.step = 0
         self.record: StepRecord | None = None
         self.streak = 0  # calls in a row that reused anything (max_consecutive_hits)
-        self.force_full = False  # a guard makes this call compute every block
+        self.force_full = False  # a guard makes this call compute (every block, or the structure stage only)
+        self.force_detail = False  # ... and the detail stage too (not so with guards_structure_only)
 
     def reset(self) -> None:
         self.__init__()
@@ -267,25 +268,34 @@ class H2RootHook(ModelHook):
             self.views.clear()
             self._new_run = False
         state = self.state_manager.get_state()
-        state.force_full = self._guard_forces_full(state)
+        guard = self._guard(state)
+        state.force_full = guard is not None
+        # guards_structure_only: the warm-up and the cap refresh the structure stage; the detail stage decides
+        # by its own distance. The final steps still compute every block.
+        state.force_detail = state.force_full and not (self.config.guards_structure_only and guard != "final")
         state.record = StepRecord(step=state.step, context=self.state_manager.context_name,
                                   blocks_total=self.blocks_total, forced_full=state.force_full)
         return args, kwargs
 
-    def _guard_forces_full(self, state: H2CacheState) -> bool:
+    def _guard(self, state: H2CacheState) -> str | None:
+        """The guard that forces this call ('warmup', 'final' or 'cap'), or None."""
         cfg = self.config
         if state.step < cfg.warmup_steps:
-            return True
+            return "warmup"
         if cfg.final_full_steps and state.step >= cfg.num_inference_steps - cfg.final_full_steps:
-            return True
-        return bool(cfg.max_consecutive_hits) and state.streak >= cfg.max_consecutive_hits
+            return "final"
+        if cfg.max_consecutive_hits and state.streak >= cfg.max_consecutive_hits:
+            return "cap"
+        return None
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         state = self.state_manager.get_state()
         record = state.record
         if record is not None:
             self.trace.append(record)
-            state.streak = state.streak + 1 if (record.hit1 or record.hit2) else 0
+            # With guards_structure_only the cap counts calls that reused the structure stage.
+            reused = record.hit1 or (record.hit2 and not self.config.guards_structure_only)
+            state.streak = state.streak + 1 if reused else 0
         state.record = None
         state.step += 1
         return output
@@ -382,7 +392,8 @@ class H2ProbeHook(StatefulBlockHook):
         distance = None
         if stage.ref is not None and stage.residual is not None and stage.ref.shape == thumb.shape:
             distance = self._distance(stage.ref, thumb)
-        hit = distance is not None and distance < self._threshold(state) and not state.force_full
+        forced_to_run = state.force_detail if spec.follows_structure else state.force_full
+        hit = distance is not None and distance < self._threshold(state) and not forced_to_run
         if self.views.enabled and state.record is not None:
             reference_step = stage.ref_step if distance is not None else None
             self._record_view(state, signal, hidden_out.shape[1], thumb, distance, reference_step, hit)

@@ -12,7 +12,8 @@ class StepRecord:
     ``d1``/``d2`` are ``None`` where no distance was computed: no reference yet, or
     stage 2 forced to hit because stage 1 hit. ``forced_full`` marks a call that one of
     the optional guards (warm-up, final steps, a cap on consecutive hits) made compute
-    every block; its distances are still measured. ``probe2_skipped`` marks a stage-1
+    every block (with ``guards_structure_only``, the structure stage; the detail stage may still hit);
+    its distances are still measured. ``probe2_skipped`` marks a stage-1
     hit that did not run stage 2's probe either (``skip_stage2_probe_on_hit``).
     ``stage1_blocks_run``/``stage2_blocks_run`` count the blocks each stage ran; a stage always
     runs a prefix of its blocks (its probe, then the rest on a miss), so :meth:`computed` can

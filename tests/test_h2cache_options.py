@@ -427,3 +427,34 @@ def test_forecast_error_limit_tightens_the_thresholds_and_a_detail_error_tighten
         H2CacheConfig(forecast_error_limit=0.1).validate()
     with pytest.raises(ValueError, match=r"forecast_error_limit must be None \(off\) or a finite number >= 0"):
         H2CacheConfig(forecast_residual=True, forecast_error_limit=float("nan"))
+
+
+def test_guards_structure_only_force_stage_1_and_let_stage_2_decide():
+    """Experimental `guards_structure_only`: on warm-up and capped calls only the structure stage is forced to
+    run; the detail stage hits by its own distance (it runs its probe only, counted in real block executions);
+    the cap counts structure reuse; the final step still computes every block."""
+    pipe = tiny_flux_pipeline(double=3, single=4)
+    stage1, total = 3, 7
+    counter = BlockCounter(pipe.transformer)
+    per_call: list[int] = []
+    pipe.transformer.register_forward_hook(lambda *a: per_call.append(counter.take()))
+    steps = 10
+    settings = dict(tau1=HUGE, tau2=HUGE, warmup_steps=3, max_consecutive_hits=2, final_full_steps=1,
+                    num_inference_steps=steps)
+    handle = apply_h2_cache(pipe, H2CacheConfig(**settings, guards_structure_only=True))
+    run(pipe, num_inference_steps=steps)
+    records = list(handle.trace)
+    forced = [True, True, True, False, False, True, False, False, True, True]
+    assert [r.forced_full for r in records] == forced
+    assert [r.hit1 for r in records] == [not f for f in forced]
+    # Step 0 has nothing to reuse; the final step (9) is forced whole; every other forced call reuses stage 2.
+    assert [r.hit2 for r in records] == [False] + [True] * 8 + [False]
+    assert [r.forced2 for r in records] == [False, False, False, True, True, False, True, True, False, False]
+    assert [r.blocks_run for r in records] == [total, stage1 + 1, stage1 + 1, 2, 2, stage1 + 1, 2, 2, stage1 + 1, total]
+    assert per_call == [r.blocks_run for r in records]
+    handle.remove()
+
+    handle = apply_h2_cache(pipe, H2CacheConfig(**settings))  # off: the same calls are forced whole
+    run(pipe, num_inference_steps=steps)
+    assert [r.hit2 for r in handle.trace] == [not f for f in forced]
+    handle.remove()

@@ -125,6 +125,11 @@ _register_with_and_without_guards(
     "experimental: the forecast with the proposal's guards",
     extra=tuple(_H2[name] for name in ("forecast_max_factor", "forecast_probe_factor", "forecast_fallback",
                                        "forecast_error_limit")))
+# Experimental: the guards refresh the structure stage only (the detail stage decides on those calls).
+register(Method(
+    "h2cache-guarded-structure", "experimental: the proposal's guards forcing only stage 1; stage 2 decides by tau2",
+    (_TAU1, _TAU2, _POOL1, _POOL2, *(_H2[name] for name in ("forecast_residual", "forecast_probe_factor")),
+     *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded, fixed={"guards_structure_only": True}))
 # The peers with the same guards (h2cache.methods.guards), so that what the guards buy can be told apart
 # from what H2-Cache's two stages buy; and MagCache with ratios per cache context.
 register(Method(
