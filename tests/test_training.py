@@ -178,19 +178,25 @@ def test_the_object_cover_follows_the_packed_tokens_and_weighs_the_loss(tmp_path
 
 
 def test_word_sensitivity_renders_each_shape_word_on_one_scene_and_reads_it_back(capsys):
-    """The shape diagnosis on the shipped model: one scene and seed per row, the four shape words, one table of
-    pairwise pixel differences (a real, non-zero number per pair) and one row of read-back shapes per word."""
+    """The shape diagnosis on the shipped model: for one scene and seed, the four shape words give four images
+    (a real, non-zero pixel difference per pair), one read-back per word, the text encoders' distances per
+    pair, and the first word drawn with each other word's T5 sequence, compared with both images."""
     from embedded_model.scenes.grammar import SHAPES
     from embedded_model.training.word_sensitivity import main
 
     assert main(["--scenes", "1", "--steps", "2"]) == 0
-    text = capsys.readouterr().out
-    diff_rows = [line for line in text.splitlines() if line.startswith(tuple(f"| {s} | " for s in SHAPES))]
-    assert len(diff_rows) == 2 * len(SHAPES)  # the difference table, then the read-back table
-    for row in diff_rows[:len(SHAPES)]:
-        cells = [c.strip() for c in row.strip("|").split("|")[1:]]
-        assert cells.count("—") == 1 and all(float(c) > 0 for c in cells if c != "—")
-    for row in diff_rows[len(SHAPES):]:
-        assert sum(int(c) for c in row.strip("|").split("|")[1:]) == 1  # one image per word and scene
+    tables = [[line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| |")]
+              for block in capsys.readouterr().out.split("\n\n") if block.startswith("|")]
+    pixels, read_back, encoders, channel = tables
+
+    def cells(row):
+        return [c.strip() for c in row.strip("|").split("|")[1:]]
+
+    assert [row.split("|")[1].strip() for row in pixels] == list(SHAPES)
+    for table in (pixels, encoders):
+        for row in table:
+            assert cells(row).count("—") == 1 and all(float(c) > 0 for c in cells(row) if c != "—")
+    assert [sum(int(c) for c in cells(row)) for row in read_back[1:]] == [1] * len(SHAPES)  # after the header
+    assert len(channel) == 1 + len(SHAPES) - 1 and all(float(c) >= 0 for row in channel[1:] for c in cells(row))
     with pytest.raises(SystemExit):
         main(["--scenes", "0"])
