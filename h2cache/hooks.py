@@ -67,6 +67,7 @@ class StageSpec:
         joint_signal: the probe signal is ``[text; image]`` residuals (detail), or the image stream alone.
         follows_structure: a structure-stage hit makes this stage hit too (unless ``independent_stage2``).
         distance_field, hit_field, forced_field: where its decision goes in a :class:`StepRecord`.
+        error_fields: where the forecast's and replay's errors measured at its misses go.
     """
 
     index: int
@@ -77,6 +78,7 @@ class StageSpec:
     distance_field: str
     hit_field: str
     forced_field: str | None
+    error_fields: tuple[str, str]
 
     @property
     def number(self) -> int:
@@ -91,9 +93,11 @@ class StageSpec:
 
 STAGES = (
     StageSpec(0, "tau1", "pool_size_stage1", joint_signal=False, follows_structure=False,
-              distance_field="d1", hit_field="hit1", forced_field=None),
+              distance_field="d1", hit_field="hit1", forced_field=None,
+              error_fields=("forecast_error1", "replay_error1")),
     StageSpec(1, "tau2", "pool_size_stage2", joint_signal=True, follows_structure=True,
-              distance_field="d2", hit_field="hit2", forced_field="forced2"),
+              distance_field="d2", hit_field="hit2", forced_field="forced2",
+              error_fields=("forecast_error2", "replay_error2")),
 )
 
 
@@ -466,8 +470,10 @@ class H2BlockHook(StatefulBlockHook):
                 # stage.ref is this miss's thumbnail: the miss refreshed it.
                 if cfg.forecast_fallback or cfg.forecast_error_limit is not None:
                     thumb = stage.ref if cfg.forecast_probe_factor else None
-                    state.forecast_errors[self.spec.index].measure(forecast, stage.residual, state.step,
-                                                                   cfg.forecast_max_factor, thumb)
+                    errors = state.forecast_errors[self.spec.index]
+                    errors.measure(forecast, stage.residual, state.step, cfg.forecast_max_factor, thumb)
+                    for name, value in zip(self.spec.error_fields, (errors.forecast, errors.replay)):
+                        setattr(state.record, name, value)
                 forecast.remember(stage.residual, state.step, stage.ref)
             if self.spec.follows_structure:
                 state.whole_detail.finish((hidden_out, encoder_out))

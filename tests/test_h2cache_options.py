@@ -372,6 +372,12 @@ def test_forecast_fallback_judges_each_miss_and_replays_where_replay_came_closer
                 expected_hits.append(hit)
         assert hits_forecast == expected_hits
     assert choices == {True, False}, "this model and seed should exercise both choices"
+    # The trace shows each miss's errors (stage 1's, as measured), and nothing at hits.
+    stage1 = measured[0][0]  # stage 1's tail block runs before stage 2's in every call
+    recorded = [(r.step, r.forecast_error1, r.replay_error1) for r in handle.trace]
+    expected = {step: (f, r) for e, _, step, *_, f, r in measured if e is stage1}
+    assert recorded == [(step, *expected.get(step, (None, None))) for step in range(steps)]
+    assert all(r.forecast_error2 is not None for r in handle.trace if r.step in (3, 6, 9))
 
     handle = apply_h2_cache(pipe, H2CacheConfig(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2, forecast_residual=True))
     assert not torch.equal(run(pipe, num_inference_steps=steps), fallback)
