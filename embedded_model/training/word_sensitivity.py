@@ -50,6 +50,26 @@ def pair_table(diffs: dict[tuple[str, str], list[float]], values: tuple[str, ...
     return lines
 
 
+def variant_sets(count: int, attribute: str, values: tuple[str, ...]) -> list[list]:
+    """`count` held-out scenes, each as one spec per value of `attribute`; scenes where a value is not
+    allowed (a colour equal to the background) are passed over.
+
+    Example:
+        >>> sets = variant_sets(2, "color", ("red", "green"))
+        >>> [[s.color for s in specs] for specs in sets]
+        [['red', 'green'], ['red', 'green']]
+    """
+    sets = []
+    for scene in sample_specs(20 * count, seed=321, held_out=True):
+        try:
+            sets.append([replace(scene, **{attribute: v}) for v in values])
+        except ValueError:
+            continue
+        if len(sets) == count:
+            return sets
+    raise ValueError(f"fewer than {count} held-out scenes allow every {attribute} in {values}")
+
+
 def _images(pipe, embeds: list[tuple[torch.Tensor, torch.Tensor]], seed: int, steps: int, call: dict) -> list[np.ndarray]:
     """One image per (T5 sequence, pooled) embedding pair, all from one seed."""
     call = {k: v for k, v in call.items() if k != "max_sequence_length"}
@@ -89,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     pooled_gaps: dict[tuple[str, str], list[float]] = defaultdict(list)
     swapped: dict[str, list[tuple[float, float]]] = defaultdict(list)  # other value -> (to T5 word, to own)
     read_back: dict[str, Counter] = {v: Counter() for v in values}
-    for index, scene in enumerate(sample_specs(args.scenes, seed=321, held_out=True)):
-        specs = [replace(scene, **{args.attribute: v}) for v in values]
+    for index, specs in enumerate(variant_sets(args.scenes, args.attribute, values)):
         with torch.no_grad():
             embeds = [pipe.encode_prompt(s.prompt(), None, max_sequence_length=call.get("max_sequence_length", 512))[:2]
                       for s in specs]
