@@ -196,7 +196,6 @@ class H2CacheConfig:
                                                        "at the stage's last miss; above it the stage's threshold is "
                                                        "scaled by limit / error until its next miss (needs "
                                                        "forecast_residual)")
-
     guards_structure_only: bool = _declare(False, bool, role="experimental", label="Guards refresh stage 1 only",
                                            help="The warm-up and the cap on consecutive hits force the structure "
                                                 "stage only; the detail stage decides by its own distance on those "

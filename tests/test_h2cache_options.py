@@ -49,13 +49,19 @@ def test_contradictory_options_are_refused_before_anything_is_attached():
     handle.remove()
 
 
-@pytest.mark.parametrize("cfg_scale", [1.0, 3.0], ids=["no-cfg", "true-cfg"])
-def test_guards_force_exactly_the_calls_they_promise(cfg_scale):
+def _counted_pipeline():
+    """A tiny FLUX pipeline (3 + 4 blocks) and the list its transformer fills with the blocks run per call."""
     pipe = tiny_flux_pipeline(double=3, single=4)
-    total = 7
     counter = BlockCounter(pipe.transformer)
     per_call: list[int] = []
     pipe.transformer.register_forward_hook(lambda *a: per_call.append(counter.take()))
+    return pipe, per_call
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0], ids=["no-cfg", "true-cfg"])
+def test_guards_force_exactly_the_calls_they_promise(cfg_scale):
+    pipe, per_call = _counted_pipeline()
+    total = 7
     steps = 10
     cfg = H2CacheConfig(tau1=HUGE, tau2=HUGE, warmup_steps=3, max_consecutive_hits=2, final_full_steps=1,
                         num_inference_steps=steps)
@@ -439,11 +445,8 @@ def test_guards_structure_only_force_stage_1_and_let_stage_2_decide():
     """Experimental `guards_structure_only`: on warm-up and capped calls only the structure stage is forced to
     run; the detail stage hits by its own distance (it runs its probe only, counted in real block executions);
     the cap counts structure reuse; the final step still computes every block."""
-    pipe = tiny_flux_pipeline(double=3, single=4)
+    pipe, per_call = _counted_pipeline()
     stage1, total = 3, 7
-    counter = BlockCounter(pipe.transformer)
-    per_call: list[int] = []
-    pipe.transformer.register_forward_hook(lambda *a: per_call.append(counter.take()))
     steps = 10
     settings = dict(tau1=HUGE, tau2=HUGE, warmup_steps=3, max_consecutive_hits=2, final_full_steps=1,
                     num_inference_steps=steps)
