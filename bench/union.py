@@ -12,6 +12,10 @@ subject is on or above every peer's front over a budget range (``--budget 0.3 0.
 "Beyond the paper"): every counted point in the range better or tied against every peer, and counted points
 within :data:`REACH` of both ends of the range.
 
+``--only KEY=VALUE ...`` keeps only the subjects' points whose settings have those values (a setting a point
+does not name has its method's default), so that one configuration is judged, not the best of several chosen
+after the fact; e.g. ``--only forecast_probe_factor=true`` when runs of both forecast factors are united.
+
 Example:
     >>> parse_value("0.5"), parse_value(""), parse_value("True"), parse_value("fbcache")
     (0.5, None, True, 'fbcache')
@@ -21,9 +25,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from h2cache.methods import get_method
 
 from .quality import BASES
 from .report import count_lines, verdict_table
@@ -92,6 +99,30 @@ def unite(runs: list[Path]) -> list[dict[str, Any]]:
     return summary
 
 
+def keep_only(summary: list[dict[str, Any]], subjects: tuple[str, ...], only: list[str]) -> list[dict[str, Any]]:
+    """`summary` without the subjects' points whose settings differ from any ``KEY=VALUE`` of `only` (values
+    parsed and checked as the subject method's setting; an unnamed setting has the method's default)."""
+    wanted: dict[str, dict[str, Any]] = {}
+    for name in subjects:
+        method = get_method(name)
+        pairs = {}
+        for text in only:
+            key, sep, value = text.partition("=")
+            if not sep:
+                raise ValueError(f"--only {text!r} is not KEY=VALUE")
+            pairs[key.strip()] = method.setting(key.strip()).parse(name, value)
+        wanted[name] = pairs
+
+    def keep(row: dict[str, Any]) -> bool:
+        if row["method"] not in wanted:
+            return True
+        settings = json.loads(row["settings"]) if isinstance(row["settings"], str) else row["settings"]
+        method = get_method(row["method"])
+        return all(settings.get(k, method.setting(k).default) == v for k, v in wanted[row["method"]].items())
+
+    return [row for row in summary if keep(row)]
+
+
 def budget_goal(rows: list[dict[str, Any]], low: float, high: float) -> dict[str, list[str]]:
     """Per 'subject @ N steps': what keeps it from being on or above every peer's front over [low, high]
     (an empty list: the goal is met)."""
@@ -120,10 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subjects", nargs="+", required=True, help="methods under test")
     p.add_argument("--peers", nargs="+", default=list(PEERS), help="methods whose fronts they are judged against")
     p.add_argument("--basis", choices=BASES, default="mean", help="quality basis of the verdicts (default: mean)")
+    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="judge only the subjects' points with these settings (default: every point)")
     p.add_argument("--budget", nargs=2, type=float, default=(0.3, 0.85), metavar=("LOW", "HIGH"),
                    help="share of FLOPs range of the goal check (default: 0.3 0.85)")
     args = p.parse_args(argv)
     summary = unite(args.runs)
+    if args.only:
+        try:
+            summary = keep_only(summary, tuple(args.subjects), args.only)
+        except ValueError as exc:
+            p.error(str(exc))
     rows = compare_with_fronts(summary, tuple(args.subjects), tuple(args.peers), args.basis)
     print(f"Quality on the {args.basis} basis.\n")
     print("\n".join(verdict_table(rows)))

@@ -308,6 +308,14 @@ def test_union_judges_subjects_against_fronts_over_every_run(tiny_model_dir, pro
     text = printed.getvalue()
     assert "h2cache-forecast @ 5 steps, 30%-85% of FLOPs:" in text
     assert sum("| fbcache-guarded |" in line for line in text.splitlines()) == 2  # one row per subject point
+    # --only judges one configuration: here the points with tau1 = 0.05 (the others are left out, peers kept).
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert union_main([str(default), str(light), "--subjects", "h2cache-forecast", "--peers", "fbcache-guarded",
+                           "--only", "tau1=0.05"]) == 0
+    rows = [line for line in printed.getvalue().splitlines() if "| fbcache-guarded |" in line]
+    assert len(rows) == 1 and "tau1=0.05," in rows[0]
+    with pytest.raises(SystemExit):
+        union_main([str(default), "--subjects", "h2cache-forecast", "--only", "tau=0.05"])
 
     other_seeds = run("other-seeds", seeds=("2", "3"))
     with pytest.raises(ValueError, match="not run on the same model, prompts and seeds"):
