@@ -111,6 +111,8 @@ def test_shipped_prompt_sets():
     assert all(parse_prompt(p).is_held_out() for p in embedded)  # never seen in training
     recheck = read_prompts(ROOT / "bench/prompts/embedded_recheck.txt")
     assert recheck == embedded[8:] and len(recheck) >= 16  # the second held-out set: none of the first 8
+    third = read_prompts(ROOT / "bench/prompts/embedded_third.txt")
+    assert third == embedded[16:] and len(third) >= 8  # the third: none of the first two sets' 16
     text = read_prompts(ROOT / "bench/prompts/cute_text.txt")
     assert 70 <= len(text) <= 90 and all('"' in p for p in text)
 
