@@ -20,6 +20,11 @@ from tqdm.auto import tqdm
 from ..scenes import check, sample_specs
 
 
+def to_uint8(images) -> list[np.ndarray]:
+    """A pipeline's ``output_type="np"`` images (floats in [0, 1]) as 8-bit arrays, as the parser reads them."""
+    return [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in images]
+
+
 def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, call: dict) -> list[np.ndarray]:
     """One batch at `steps` steps; `call` holds the other pipeline arguments (size, guidance)."""
     call = dict(call)
@@ -29,7 +34,7 @@ def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, call:
         call.pop("negative_prompt", None)
     out = pipe(prompt=prompts, generator=[torch.Generator().manual_seed(s) for s in seeds],
                num_inference_steps=steps, output_type="np", **call)
-    return [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in out.images]
+    return to_uint8(out.images)
 
 
 def adherence(pipe, specs, steps: int, call: dict, batch: int = 40) -> dict:

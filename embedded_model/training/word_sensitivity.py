@@ -33,19 +33,22 @@ import torch
 
 from ..scenes import check, sample_specs
 from ..scenes.grammar import COLORS, SHAPES
-from .evaluate import generate_batch
+from .evaluate import to_uint8
 
 VALUES = {"shape": SHAPES, "color": tuple(COLORS)[:4]}
 
 
-def pair_table(diffs: dict[tuple[str, str], list[float]], values: tuple[str, ...]) -> list[str]:
-    """A symmetric markdown table of the mean of each pair's differences."""
+def pair_table(upper: dict[tuple[str, str], list[float]], values: tuple[str, ...],
+               lower: dict[tuple[str, str], list[float]] | None = None, digits: int = 2) -> list[str]:
+    """A markdown table of the mean of each pair's numbers: `upper` above the diagonal, `lower` below it
+    (the same numbers, mirrored, when not given)."""
     lines = ["| | " + " | ".join(values) + " |", "|---|" + "---:|" * len(values)]
-    for a in values:
+    for i, a in enumerate(values):
         cells = []
-        for b in values:
-            found = diffs.get((a, b)) or diffs.get((b, a))
-            cells.append("—" if a == b else f"{np.mean(found):.2f}" if found else "n/a")
+        for j, b in enumerate(values):
+            numbers = upper if lower is None or i < j else lower
+            found = numbers.get((a, b)) or numbers.get((b, a))
+            cells.append("—" if a == b else f"{np.mean(found):.{digits}f}" if found else "n/a")
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     return lines
 
@@ -76,7 +79,7 @@ def _images(pipe, embeds: list[tuple[torch.Tensor, torch.Tensor]], seed: int, st
     out = pipe(prompt_embeds=torch.cat([t for t, _ in embeds]), pooled_prompt_embeds=torch.cat([p for _, p in embeds]),
                generator=[torch.Generator().manual_seed(seed) for _ in embeds], num_inference_steps=steps,
                output_type="np", **call)
-    return [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in out.images]
+    return to_uint8(out.images)
 
 
 def _mean_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -135,15 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {value} | " + " | ".join(str(counts[v]) for v in values) + f" | {other} |")
     print("\nText encoders: relative L2 difference of the T5 sequence embeddings (upper) and of the CLIP pooled "
           "embeddings (lower) between the two prompts:\n")
-    print("| | " + " | ".join(values) + " |")
-    print("|---|" + "---:|" * len(values))
-    for i, a in enumerate(values):
-        cells = []
-        for j, b in enumerate(values):
-            gaps = t5_gaps if i < j else pooled_gaps
-            found = gaps.get((a, b)) or gaps.get((b, a))
-            cells.append("—" if a == b else f"{np.mean(found):.3f}")
-        print(f"| {a} | " + " | ".join(cells) + " |")
+    print("\n".join(pair_table(t5_gaps, values, lower=pooled_gaps, digits=3)))
     first = values[0]
     print(f"\nThe channel: the '{first}' prompt drawn with another prompt's T5 sequence (its own pooled embedding); "
           "mean absolute pixel difference to each prompt's own image:\n")
