@@ -177,6 +177,56 @@ def test_the_object_cover_follows_the_packed_tokens_and_weighs_the_loss(tmp_path
         train_transformer(data, tmp_path / "w0.0", steps=2, batch_size=2, arch="v2", phase="finetune", object_weight=-1)
 
 
+def test_shape_pairs_differ_only_in_the_outline_and_train_with_the_pair_error(tmp_path):
+    """A paired dataset holds each training scene next to the same scene with another shape, rendered with
+    one seed (so the two images differ only where the outlines differ); `pair_weight` trains on it with one
+    noise and timestep per pair, logs the pair error, and refuses unpaired data, odd batches and a teacher."""
+    import csv
+
+    from h2cache.pipelines import EMBEDDED_MODEL_DIR
+    from embedded_model.scenes import check, parse_prompt, render_with_mask
+    from embedded_model.training.transformer import pair_difference_error
+    from embedded_model.training.vae import import_vae
+
+    data = render_dataset(tmp_path / "scenes_128_pairs.npz", 6, 128, seed=3, pairs=True)
+    assert data["images"].shape == (6, 128, 128, 3)
+    for k in range(0, 6, 2):
+        a, b = parse_prompt(str(data["prompts"][k])), parse_prompt(str(data["prompts"][k + 1]))
+        assert a.shape != b.shape and a == type(a)(**{**vars(b), "shape": a.shape})
+        assert not a.is_held_out() and not b.is_held_out()
+        assert check(data["images"][k], a).ok and check(data["images"][k + 1], b).ok
+        _, mask_a = render_with_mask(a, 128, seed=3 * 1_000_003 + k // 2)
+        _, mask_b = render_with_mask(b, 128, seed=3 * 1_000_003 + k // 2)
+        differs = (data["images"][k] != data["images"][k + 1]).any(-1)
+        assert differs.any() and not differs[(mask_a == 0) & (mask_b == 0)].any()
+    unpaired = render_dataset(tmp_path / "scenes_128_pairs.npz", 6, 128, seed=3)  # another key: rendered anew
+    assert not (unpaired["images"] == data["images"]).all()
+    with pytest.raises(ValueError, match="must be even"):
+        render_dataset(tmp_path / "odd.npz", 5, 128, seed=3, pairs=True)
+
+    # A model that ignores the shape word scores 1; one that predicts the difference exactly scores 0.
+    target = torch.randn(4, 8, 16)
+    torch.testing.assert_close(pair_difference_error(torch.zeros(4, 8, 16), target, torch.tensor([True, True])),
+                               torch.tensor(1.0))
+    assert float(pair_difference_error(target + 0.5, target, torch.tensor([True, True]))) < 1e-10
+    assert float(pair_difference_error(torch.zeros(4, 8, 16), target, torch.tensor([False, False]))) == 0.0
+
+    import_vae(EMBEDDED_MODEL_DIR, tmp_path)
+    train_transformer(data, tmp_path, steps=2, batch_size=2, arch="v2", phase="finetune",
+                      init_weights=EMBEDDED_MODEL_DIR, pair_weight=0.5)
+    assert (tmp_path / "encoded_128_pairs.pt").exists() and load_checkpoint(tmp_path / "finetune.pt")["step"] == 2
+    rows = list(csv.DictReader((tmp_path / "finetune_loss.csv").open()))
+    assert rows[-1]["step"] == "2" and 0.0 <= float(rows[-1]["pair_error"]) < 5.0
+    with pytest.raises(ValueError, match="needs a paired dataset"):
+        train_transformer(unpaired, tmp_path / "u", steps=1, batch_size=2, arch="v2", phase="finetune", pair_weight=1)
+    with pytest.raises(ValueError, match="even batch_size"):
+        train_transformer(data, tmp_path, steps=3, batch_size=3, arch="v2", phase="finetune", pair_weight=1)
+    with pytest.raises(ValueError, match="without a teacher"):
+        train_transformer(data, tmp_path, steps=1, batch_size=2, arch="v2", phase="distill", pair_weight=1)
+    with pytest.raises(ValueError, match="pair_weight must be >= 0"):
+        train_transformer(data, tmp_path, steps=3, batch_size=2, arch="v2", phase="finetune", pair_weight=-1)
+
+
 def test_word_sensitivity_renders_each_shape_word_on_one_scene_and_reads_it_back(capsys):
     """The shape diagnosis on the shipped model: for one scene and seed, the four shape words give four images
     (a real, non-zero pixel difference per pair), one read-back per word, the text encoders' distances per

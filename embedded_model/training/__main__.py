@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--object-weight", type=float, default=0.0,
                    help="weigh each token's loss by 1 + this x the share of it the object covers (default: 0, plain "
                         "MSE); the object is 1-10%% of a scene, so a plain loss is mostly background")
+    p.add_argument("--pair-weight", type=float, default=0.0,
+                   help="train the phases without a teacher on pairs of scenes that differ only in the shape, "
+                        "adding this x the pair error (how far the two predictions' difference is from the "
+                        "targets'; 1 when the shape word is ignored) to the loss (default: 0, unpaired); the "
+                        "paired scenes are cached apart (scenes_<size>_pairs.npz)")
     p.add_argument("--snapshot-every", type=int, default=500,
                    help="keep an EMA snapshot every this many steps, for the adherence curve (default: 500; 0: none)")
     p.add_argument("--device", default="cpu", help="torch device for encoding and training, e.g. cuda (default: cpu)")
@@ -87,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         if phase.name in stages:
             from .transformer import train_transformer
 
-            data = render_dataset(work / f"scenes_{phase.size}.npz", args.images, phase.size, SEED)
+            # Distillation copies a teacher, so a pair loss has nothing to add there.
+            pair_weight = 0.0 if phase.teacher else args.pair_weight
+            name = f"scenes_{phase.size}_pairs.npz" if pair_weight else f"scenes_{phase.size}.npz"
+            data = render_dataset(work / name, args.images, phase.size, SEED, pairs=bool(pair_weight))
             train_transformer(data, work, steps=phase_steps(args, phase.name), batch_size=args.batch_size,
                               minutes=args.minutes, arch=args.arch, phase=phase.name, device=args.device,
                               init_weights=args.init_from, object_weight=args.object_weight,
-                              snapshot_every=args.snapshot_every)
+                              pair_weight=pair_weight, snapshot_every=args.snapshot_every)
     if "export" in stages:
         from .export import export_pipeline
 

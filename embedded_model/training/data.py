@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..scenes import render_with_mask, sample_specs
+from ..scenes.grammar import SHAPES, SceneSpec
 
 # A transformer token covers 8x8 pixels: the VAE downsamples 4x and FLUX packs 2x2 latents into a token
 # (components.VAE_FACTOR x 2; not imported from there, which would load diffusers in every render worker).
@@ -24,20 +26,47 @@ def _render_job(job: tuple) -> tuple[np.ndarray, np.ndarray]:
     return image, cover.astype(np.float16)
 
 
-def render_dataset(path: Path, n: int, size: int, seed: int) -> dict[str, np.ndarray]:
+def shape_pairs(n: int, seed: int) -> list[SceneSpec]:
+    """`n` training-split scenes, each followed by the same scene with another shape (2n specs).
+
+    The partner's shape is drawn among those whose scene is also in the training split, so no held-out
+    prompt is ever trained on. Rendered with one seed, the two differ only in the object's outline.
+    """
+    rng = np.random.default_rng(seed)
+    specs: list[SceneSpec] = []
+    # Drawn with the unpaired sampler's rule, twice as many as needed: about 1 in 1,000 scenes has every
+    # other shape held out and is passed over.
+    for base in sample_specs(2 * n, seed=seed, held_out=False):
+        others = [v for v in (replace(base, shape=s) for s in SHAPES if s != base.shape) if not v.is_held_out()]
+        if others:
+            specs += [base, others[rng.integers(len(others))]]
+        if len(specs) == 2 * n:
+            break
+    return specs
+
+
+def render_dataset(path: Path, n: int, size: int, seed: int, pairs: bool = False) -> dict[str, np.ndarray]:
     """Images (n, size, size, 3) uint8, their prompts, and the object's coverage of each transformer token
     (``object_cover``, (n, size // 8, size // 8), in [0, 1]), from the training split only.
 
-    Reuses ``path`` when it already holds a dataset made with the same arguments.
+    With `pairs`, the n images are n // 2 pairs (rows 2i and 2i + 1) from :func:`shape_pairs`, each pair
+    rendered with one seed: same background, position and size, two shapes. Reuses ``path`` when it
+    already holds a dataset made with the same arguments.
     """
     path = Path(path)
-    key = np.array([n, size, seed])
+    if pairs and n % 2:
+        raise ValueError(f"n={n} must be even for a paired dataset")
+    key = np.array([n, size, seed, 1] if pairs else [n, size, seed])  # unpaired caches keep their old key
     if path.exists():
         data = dict(np.load(path, allow_pickle=False))
         if np.array_equal(data.get("key"), key) and "object_cover" in data:  # caches from before the cover: redo
             return data
-    specs = sample_specs(n, seed=seed, held_out=False)
-    jobs = [(spec, size, seed * 1_000_003 + i) for i, spec in enumerate(specs)]
+    if pairs:
+        specs = shape_pairs(n // 2, seed)
+        jobs = [(spec, size, seed * 1_000_003 + i // 2) for i, spec in enumerate(specs)]
+    else:
+        specs = sample_specs(n, seed=seed, held_out=False)
+        jobs = [(spec, size, seed * 1_000_003 + i) for i, spec in enumerate(specs)]
     workers = min(os.cpu_count() or 1, max(1, n // 2000))  # a process pool pays off only for big sets
     images = np.empty((n, size, size, 3), np.uint8)
     side = size // PIXELS_PER_TOKEN

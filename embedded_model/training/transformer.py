@@ -88,8 +88,15 @@ def assemble_pipeline(work: Path, transformer=None, arch: str = "v1") -> FluxPip
     )
 
 
-def encoded_path(work: Path, size: int) -> Path:
+def is_paired(data: dict[str, np.ndarray]) -> bool:
+    """Whether a rendered dataset holds shape pairs (``render_dataset(..., pairs=True)``)."""
+    return len(data["key"]) == 4
+
+
+def encoded_path(work: Path, size: int, pairs: bool = False) -> Path:
     # v1's single size keeps its original file name, so its work directories still resume.
+    if pairs:
+        return Path(work) / f"encoded_{size}_pairs.pt"
     return Path(work) / ("encoded.pt" if size == 64 else f"encoded_{size}.pt")
 
 
@@ -101,7 +108,7 @@ def encode_dataset(data: dict[str, np.ndarray], work: Path, device: str = "cpu",
     other size: a model fine-tuned at a new size must see latents normalised the same way.
     """
     size = int(data["images"].shape[1])
-    path = encoded_path(work, size)
+    path = encoded_path(work, size, is_paired(data))
     cached = load_checkpoint(path)
     if cached is not None:
         return cached
@@ -181,11 +188,27 @@ class Denoiser:
         )[0]
 
 
+def pair_difference_error(pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Relative L2 error of the pairs' prediction differences: rows 2i and 2i + 1 form pair i, `keep` (one
+    flag per pair) leaves out pairs trained on the empty prompt, whose difference no model can predict.
+
+    Example:
+        >>> target = torch.tensor([[[1.0]], [[0.0]]])
+        >>> float(pair_difference_error(torch.zeros(2, 1, 1), target, torch.tensor([True])))
+        1.0
+    """
+    if not keep.any():
+        return pred.new_zeros(())
+    d_pred = (pred[0::2] - pred[1::2])[keep]
+    d_target = (target[0::2] - target[1::2])[keep]
+    return (d_pred - d_target).pow(2).sum() / d_target.pow(2).sum().clamp_min(1e-12)
+
+
 def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch_size: int | None = None,
                       lr: float | None = None, minutes: float | None = None, save_every: int = 200,
                       arch: str = "v1", phase: str | None = None, device: str = "cpu",
                       init_weights: Path | None = None, snapshot_every: int = 500,
-                      object_weight: float = 0.0) -> Path:
+                      object_weight: float = 0.0, pair_weight: float = 0.0) -> Path:
     """Train (or resume) one phase of `arch`'s plan on `data` (images at the phase's size); returns the checkpoint.
 
     Resumes from ``<work>/<phase>.pt``; a phase that has not started yet begins from `init_weights` (a
@@ -195,9 +218,18 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     `object_weight` w weighs each token's loss by ``1 + w x`` the share of it the object covers (0: plain
     MSE). The object is 1-10% of a scene, so under a plain loss the background's tokens dominate; shape is the
     attribute the v2 model has not learned.
+
+    `pair_weight` (needs a paired dataset, see ``render_dataset(pairs=True)``) trains on pairs of scenes that
+    differ only in the shape, with one noise and one timestep per pair, and adds ``pair_weight x`` the pair
+    error: how far the difference of the pair's two predictions is from the difference of their targets,
+    relative to the latter. Circle, square and diamond of one size cover nearly the same pixels, so in the
+    plain loss the shape word is worth a fraction of a percent; the pair error is 1 for a model that ignores
+    the word and 0 for one that draws each outline, whatever the background costs.
     """
     if object_weight < 0:
         raise ValueError(f"object_weight must be >= 0, got {object_weight}")
+    if pair_weight < 0:
+        raise ValueError(f"pair_weight must be >= 0, got {pair_weight}")
     work = Path(work)
     spec = phase_named(arch, phase or PLANS[arch][0].name)
     size = int(data["images"].shape[1])
@@ -205,6 +237,11 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
         raise ValueError(f"phase {spec.name!r} trains at {spec.size}x{spec.size}, got images of {size}x{size}")
     batch_size = batch_size or spec.batch_size
     lr = lr or spec.lr
+    if pair_weight and not is_paired(data):
+        raise ValueError("pair_weight needs a paired dataset (render_dataset(..., pairs=True); --pairs)")
+    if pair_weight and (spec.teacher or batch_size % 2):
+        raise ValueError(f"pair_weight needs an even batch_size (got {batch_size}) and a phase without a teacher "
+                         f"(phase {spec.name!r} distils {spec.teacher!r})")
     enc = {k: v.to(device) for k, v in encode_dataset(data, work, device=device).items()}
     # Rows of the cover follow the packed tokens' row-major order (FluxPipeline._pack_latents).
     cover = torch.from_numpy(data["object_cover"].astype(np.float32)).flatten(1).to(device) if object_weight else None
@@ -230,20 +267,32 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     denoise = Denoiser(enc, batch_size, device)
     teacher_denoise = Denoiser(enc, 2 * batch_size, device) if teacher is not None else None
     log = LossLog(work / f"{spec.name}_loss.csv")
-    start, running = time.time(), None
+    start, running, running_pair = time.time(), None, None
     bar = tqdm(total=steps, initial=step, desc=f"{arch} {spec.name} {spec.size}px")
     while step < steps:
         warm = min(1.0, (step + 1) / WARMUP)
         for group in opt.param_groups:
             group["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        idx = torch.randint(0, len(enc["latents"]), (batch_size,), generator=gen, device=device)
+        if pair_weight:
+            # Rows 2i and 2i + 1 of a paired dataset are one pair; they share the noise and the timestep.
+            first = 2 * torch.randint(0, len(enc["latents"]) // 2, (batch_size // 2,), generator=gen, device=device)
+            idx = torch.stack([first, first + 1], 1).flatten()
+            noise = torch.randn((batch_size // 2, *enc["latents"].shape[1:]), generator=gen, device=device)
+            noise = noise.repeat_interleave(2, 0)
+            t = torch.sigmoid(torch.randn(batch_size // 2, generator=gen, device=device)).repeat_interleave(2)
+            dropped = (torch.rand(batch_size // 2, generator=gen, device=device) < CFG_DROPOUT).repeat_interleave(2)
+        else:
+            idx = torch.randint(0, len(enc["latents"]), (batch_size,), generator=gen, device=device)
+            noise = torch.randn((batch_size, *enc["latents"].shape[1:]), generator=gen, device=device)
+            t = torch.sigmoid(torch.randn(batch_size, generator=gen, device=device))  # logit-normal, as in SD3
+            dropped = None  # drawn below, and only without a teacher, as before pairs existed (same random stream)
         x0 = enc["latents"][idx]
         p_idx = enc["prompt_index"][idx].clone()
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        t = torch.sigmoid(torch.randn(batch_size, generator=gen, device=device))  # logit-normal, as in SD3
         xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * noise
         if teacher is None:
-            p_idx[torch.rand(batch_size, generator=gen, device=device) < CFG_DROPOUT] = enc["empty_index"]
+            if dropped is None:
+                dropped = torch.rand(batch_size, generator=gen, device=device) < CFG_DROPOUT
+            p_idx[dropped] = enc["empty_index"]
             target = noise - x0
             guidance = torch.full((batch_size,), TEACHER_GUIDANCE, device=device) if guided else None
         else:
@@ -263,6 +312,10 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
         else:
             weight = 1.0 + object_weight * cover[idx]
             loss = ((pred - target).pow(2).mean(-1) * weight).sum() / weight.sum()
+        pair_error = None
+        if pair_weight:
+            pair_error = pair_difference_error(pred, target, ~dropped[0::2])
+            loss = loss + pair_weight * pair_error
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -273,11 +326,13 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if pair_error is not None:
+            running_pair = pair_error.item() if running_pair is None else 0.98 * running_pair + 0.02 * pair_error.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
+        bar.set_postfix(loss=f"{running:.4f}", **({"pair": f"{running_pair:.3f}"} if pair_weight else {}))
         done = step >= steps or (minutes is not None and time.time() - start > minutes * 60)
         if step % 50 == 0 or done:  # the last step too, so a run stopped early (--minutes) logs where it stopped
-            log.write(step, loss=running)
+            log.write(step, loss=running, **({"pair_error": running_pair} if pair_weight else {}))
         if step % save_every == 0 or done:
             save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step)
         if snapshot_every and step % snapshot_every == 0:
