@@ -6,6 +6,8 @@
 #           CPU), so a GPU continues where the CPU stopped. To redo the 128x128 phases from the 64x64 pretraining
 #           instead, restore it first (`git checkout d94d142 -- assets/tiny-flux-scenes-v2-pretrain`, 20 MB, not
 #           in the tree since v2 shipped) and set INIT=assets/tiny-flux-scenes-v2-pretrain.
+#           PAIR_WEIGHT=W (and PAIR_MIN_T, default 0.6) fine-tunes on shape pairs with the pair error
+#           (--pair-weight; see the model card for what it did on a CPU before spending a GPU call on it).
 #   STEP=2  distil true CFG into the guidance embedding, export the FluxPipeline directory, judge prompt
 #           adherence on 200 held-out prompts at 10, 28 and 50 steps
 #
@@ -34,7 +36,9 @@ case "${STEP:-1}" in
   train --stage vae --vae-from assets/tiny-flux-scenes
   init=()
   [ -f "$WORK/finetune.pt" ] || init=(--init-from "${INIT:-assets/tiny-flux-scenes}")
-  train --stage finetune --finetune-steps "${FINETUNE_STEPS:-6000}" --minutes "${FINETUNE_MINUTES:-6}" "${init[@]}"
+  pairs=()
+  [ -z "${PAIR_WEIGHT:-}" ] || pairs=(--pair-weight "$PAIR_WEIGHT" --pair-min-t "${PAIR_MIN_T:-0.6}")
+  train --stage finetune --finetune-steps "${FINETUNE_STEPS:-6000}" --minutes "${FINETUNE_MINUTES:-6}" "${init[@]}" "${pairs[@]}"
   cp "$WORK"/*_loss.csv "$OUT"/ 2>/dev/null || true  # written every 50 steps
   ;;
 2)

@@ -225,6 +225,31 @@ def test_shape_pairs_differ_only_in_the_outline_and_train_with_the_pair_error(tm
         train_transformer(data, tmp_path, steps=1, batch_size=2, arch="v2", phase="distill", pair_weight=1)
     with pytest.raises(ValueError, match="pair_weight must be >= 0"):
         train_transformer(data, tmp_path, steps=3, batch_size=2, arch="v2", phase="finetune", pair_weight=-1)
+    with pytest.raises(ValueError, match=r"pair_min_t must be in \[0, 1\)"):
+        train_transformer(data, tmp_path, steps=3, batch_size=2, arch="v2", phase="finetune", pair_weight=1,
+                          pair_min_t=1.0)
+    # A floor no drawn noise level reaches leaves no pair in the pair error: it is logged as 0.
+    high = tmp_path / "high"
+    import_vae(EMBEDDED_MODEL_DIR, high)
+    train_transformer(data, high, steps=1, batch_size=2, arch="v2", phase="finetune",
+                      init_weights=EMBEDDED_MODEL_DIR, pair_weight=0.5, pair_min_t=0.999999)
+    assert float(list(csv.DictReader((high / "finetune_loss.csv").open()))[-1]["pair_error"]) == 0.0
+
+
+def test_pair_error_splits_what_the_noise_shows_from_what_the_shape_word_adds(capsys):
+    """`python -m embedded_model.training.pair_error` on the shipped model: one row per noise level, the pair
+    error with each scene's own prompt and with one prompt for both; levels outside (0, 1) are refused."""
+    from embedded_model.training.pair_error import main, parse_levels
+
+    assert main(["--pairs", "2", "--levels", "0.3", "0.9"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.")]
+    assert [r.split("|")[1].strip() for r in rows] == ["0.3", "0.9"]
+    for row in rows:
+        own, one, added = (float(c) for c in row.split("|")[2:5])
+        assert 0 < own < 3 and 0 < one < 3 and added == pytest.approx(one - own, abs=2e-3)
+    for bad in (["0"], ["1.0"], ["-0.2"]):
+        with pytest.raises(ValueError, match="must lie in"):
+            parse_levels(bad)
 
 
 def test_word_sensitivity_renders_each_shape_word_on_one_scene_and_reads_it_back(capsys):

@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "adding this x the pair error (how far the two predictions' difference is from the "
                         "targets'; 1 when the shape word is ignored) to the loss (default: 0, unpaired); the "
                         "paired scenes are cached apart (scenes_<size>_pairs.npz)")
+    p.add_argument("--pair-min-t", type=float, default=0.0,
+                   help="count only pairs drawn at noise level t >= this in the pair error (default: 0, all)")
     p.add_argument("--snapshot-every", type=int, default=500,
                    help="keep an EMA snapshot every this many steps, for the adherence curve (default: 500; 0: none)")
     p.add_argument("--device", default="cpu", help="torch device for encoding and training, e.g. cuda (default: cpu)")
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             train_transformer(data, work, steps=phase_steps(args, phase.name), batch_size=args.batch_size,
                               minutes=args.minutes, arch=args.arch, phase=phase.name, device=args.device,
                               init_weights=args.init_from, object_weight=args.object_weight,
-                              pair_weight=pair_weight, snapshot_every=args.snapshot_every)
+                              pair_weight=pair_weight, pair_min_t=args.pair_min_t, snapshot_every=args.snapshot_every)
     if "export" in stages:
         from .export import export_pipeline
 

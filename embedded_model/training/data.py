@@ -26,18 +26,22 @@ def _render_job(job: tuple) -> tuple[np.ndarray, np.ndarray]:
     return image, cover.astype(np.float16)
 
 
-def shape_pairs(n: int, seed: int) -> list[SceneSpec]:
-    """`n` training-split scenes, each followed by the same scene with another shape (2n specs).
+def shape_pairs(n: int, seed: int, held_out: bool = False) -> list[SceneSpec]:
+    """`n` scenes, each followed by the same scene with another shape (2n specs).
 
-    The partner's shape is drawn among those whose scene is also in the training split, so no held-out
-    prompt is ever trained on. Rendered with one seed, the two differ only in the object's outline.
+    Training pairs (`held_out` False) take both scenes from the training split, so no held-out prompt is ever
+    trained on. Held-out pairs (for judging) take the first scene from the held-out split and the partner's
+    shape from all three others, whichever split that falls in. Rendered with one seed, the two images of a pair
+    differ only in the object's outline.
     """
     rng = np.random.default_rng(seed)
     specs: list[SceneSpec] = []
-    # Drawn with the unpaired sampler's rule, twice as many as needed: about 1 in 1,000 scenes has every
-    # other shape held out and is passed over.
-    for base in sample_specs(2 * n, seed=seed, held_out=False):
-        others = [v for v in (replace(base, shape=s) for s in SHAPES if s != base.shape) if not v.is_held_out()]
+    # Drawn with the unpaired sampler's rule, twice as many as needed: about 1 in 1,000 training scenes has
+    # every other shape held out and is passed over.
+    for base in sample_specs(2 * n, seed=seed, held_out=held_out):
+        others = [replace(base, shape=s) for s in SHAPES if s != base.shape]
+        if not held_out:
+            others = [v for v in others if not v.is_held_out()]
         if others:
             specs += [base, others[rng.integers(len(others))]]
         if len(specs) == 2 * n:

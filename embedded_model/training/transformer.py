@@ -208,7 +208,7 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
                       lr: float | None = None, minutes: float | None = None, save_every: int = 200,
                       arch: str = "v1", phase: str | None = None, device: str = "cpu",
                       init_weights: Path | None = None, snapshot_every: int = 500,
-                      object_weight: float = 0.0, pair_weight: float = 0.0) -> Path:
+                      object_weight: float = 0.0, pair_weight: float = 0.0, pair_min_t: float = 0.0) -> Path:
     """Train (or resume) one phase of `arch`'s plan on `data` (images at the phase's size); returns the checkpoint.
 
     Resumes from ``<work>/<phase>.pt``; a phase that has not started yet begins from `init_weights` (a
@@ -222,14 +222,18 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     `pair_weight` (needs a paired dataset, see ``render_dataset(pairs=True)``) trains on pairs of scenes that
     differ only in the shape, with one noise and one timestep per pair, and adds ``pair_weight x`` the pair
     error: how far the difference of the pair's two predictions is from the difference of their targets,
-    relative to the latter. Circle, square and diamond of one size cover nearly the same pixels, so in the
-    plain loss the shape word is worth a fraction of a percent; the pair error is 1 for a model that ignores
-    the word and 0 for one that draws each outline, whatever the background costs.
+    relative to the latter (1 when the two predictions are equal, 0 when both outlines are predicted). Circle,
+    square and diamond of one size cover nearly the same pixels, so in the plain loss the shape word is worth
+    a fraction of a percent. Only pairs drawn at a noise level of at least `pair_min_t` count in the pair
+    error: below about 0.5 the outline shows through the noise, and a model lowers the pair error there
+    without reading the word (measured; ``python -m embedded_model.training.pair_error`` tells the two apart).
     """
     if object_weight < 0:
         raise ValueError(f"object_weight must be >= 0, got {object_weight}")
     if pair_weight < 0:
         raise ValueError(f"pair_weight must be >= 0, got {pair_weight}")
+    if not 0 <= pair_min_t < 1:
+        raise ValueError(f"pair_min_t must be in [0, 1), got {pair_min_t}")
     work = Path(work)
     spec = phase_named(arch, phase or PLANS[arch][0].name)
     size = int(data["images"].shape[1])
@@ -314,7 +318,7 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
             loss = ((pred - target).pow(2).mean(-1) * weight).sum() / weight.sum()
         pair_error = None
         if pair_weight:
-            pair_error = pair_difference_error(pred, target, ~dropped[0::2])
+            pair_error = pair_difference_error(pred, target, ~dropped[0::2] & (t[0::2] >= pair_min_t))
             loss = loss + pair_weight * pair_error
         opt.zero_grad(set_to_none=True)
         loss.backward()
