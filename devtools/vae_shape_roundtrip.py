@@ -1,6 +1,6 @@
 """Whether the embedded model's VAE keeps the object's shape: encode and decode held-out scenes, parse the shape.
 
-``PYTHONPATH=. python devtools/vae_shape_roundtrip.py [--scenes 200] [--sizes 128 64]`` prints, per size, the
+``python -m devtools.vae_shape_roundtrip [--scenes 200] [--sizes 128 64]`` prints, per size, the
 share of scenes whose shape the parser reads right before and after the round trip, by object size and shape.
 """
 

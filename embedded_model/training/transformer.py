@@ -225,8 +225,9 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     relative to the latter (1 when the two predictions are equal, 0 when both outlines are predicted). Circle,
     square and diamond of one size cover nearly the same pixels, so in the plain loss the shape word is worth
     a fraction of a percent. Only pairs drawn at a noise level of at least `pair_min_t` count in the pair
-    error: below about 0.5 the outline shows through the noise, and a model lowers the pair error there
-    without reading the word (measured; ``python -m embedded_model.training.pair_error`` tells the two apart).
+    error, to keep it where the outline is hidden by noise. Measured on the v2 model (model card): either way
+    the pair error falls through the noise, not the word (``python -m embedded_model.training.pair_error``
+    tells the two apart), and shape adherence does not rise.
     """
     if object_weight < 0:
         raise ValueError(f"object_weight must be >= 0, got {object_weight}")
@@ -242,7 +243,7 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     batch_size = batch_size or spec.batch_size
     lr = lr or spec.lr
     if pair_weight and not is_paired(data):
-        raise ValueError("pair_weight needs a paired dataset (render_dataset(..., pairs=True); --pairs)")
+        raise ValueError("pair_weight needs a paired dataset (render_dataset(..., pairs=True), as --pair-weight renders)")
     if pair_weight and (spec.teacher or batch_size % 2):
         raise ValueError(f"pair_weight needs an even batch_size (got {batch_size}) and a phase without a teacher "
                          f"(phase {spec.name!r} distils {spec.teacher!r})")
