@@ -6,10 +6,11 @@ predicts the flow target (``noise - x0``) for each. The pair error (:func:`~.tra
 compares the difference of the two predictions with the difference of the two targets: 0 when the model draws
 each outline exactly, 1 when its two predictions are equal.
 
-Two columns per t: each scene with its own prompt, and both scenes with the first scene's prompt. At low t
-the outline can be seen through the noise and both columns fall; at high t only the shape word can tell the
-two apart, so the gap between the columns is what the word is worth to the model. A model that ignores the
-word (the shape failure of issue 10) shows no gap.
+Two columns per t: each scene with its own prompt, and both scenes with the first scene's prompt. The noisy
+inputs themselves still differ where the outlines do (faintly at high t, since the noise is shared), so a
+model can lower the first column without reading the word; the second column gives it the same inputs and no
+shape word to tell them apart, so the gap between the columns is what the word is worth to the model. A model
+that ignores the word (the shape failure of issue 10) shows no gap.
 
 ``python -m embedded_model.training.pair_error --model DIR --pairs 32`` prints the table.
 
