@@ -275,3 +275,30 @@ def test_word_sensitivity_renders_each_shape_word_on_one_scene_and_reads_it_back
     assert len(channel) == 1 + len(SHAPES) - 1 and all(float(c) >= 0 for row in channel[1:] for c in cells(row))
     with pytest.raises(SystemExit):
         main(["--scenes", "0"])
+
+
+def test_a_timestep_shift_is_kept_with_the_checkpoint_and_exported_to_the_scheduler(tmp_path):
+    """Training at shifted noise levels must sample with the same shift, and a resume cannot change it."""
+    data = render_dataset(tmp_path / "scenes.npz", 4, 64, seed=5)
+    train_vae(data["images"], tmp_path, steps=1, batch_size=2, val_count=2)
+    with pytest.raises(ValueError, match="timestep_shift must be > 0"):
+        train_transformer(data, tmp_path, steps=1, batch_size=2, timestep_shift=0.0)
+    train_transformer(data, tmp_path, steps=1, batch_size=2, timestep_shift=3.0)
+    assert load_checkpoint(tmp_path / "transformer.pt")["timestep_shift"] == 3.0
+    with pytest.raises(ValueError, match="timestep_shift=3.0"):
+        train_transformer(data, tmp_path, steps=2, batch_size=2)  # the default, 1.0, is not what it trained with
+    train_transformer(data, tmp_path, steps=2, batch_size=2, timestep_shift=3.0)
+    assert load_checkpoint(tmp_path / "transformer.pt")["step"] == 2
+
+    pipe = FluxPipeline.from_pretrained(export_pipeline(tmp_path, tmp_path / "pipe"), local_files_only=True)
+    assert pipe.scheduler.config.shift == 3.0 and not pipe.scheduler.config.use_dynamic_shifting
+    # The scheduler's sigma map is the one training drew its noise levels through (diffusers shifts its
+    # smallest sigma twice, hence the tolerance).
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from embedded_model.training.transformer import shift_timesteps
+
+    plain = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    for scheduler in (pipe.scheduler, plain):
+        scheduler.set_timesteps(4)
+    assert torch.allclose(pipe.scheduler.sigmas[:3], shift_timesteps(plain.sigmas[:3], 3.0), atol=5e-3)
+    assert (pipe.scheduler.sigmas[1:3] > plain.sigmas[1:3] + 0.15).all()

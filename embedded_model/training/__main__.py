@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "paired scenes are cached apart (scenes_<size>_pairs.npz)")
     p.add_argument("--pair-min-t", type=float, default=0.0,
                    help="count only pairs drawn at noise level t >= this in the pair error (default: 0, all)")
+    p.add_argument("--timestep-shift", type=float, default=1.0,
+                   help="train at noise levels moved towards pure noise by this shift (the scheduler's sigma map; "
+                        "default: 1, the logit-normal levels as drawn); export then samples with the same shift")
     p.add_argument("--snapshot-every", type=int, default=500,
                    help="keep an EMA snapshot every this many steps, for the adherence curve (default: 500; 0: none)")
     p.add_argument("--device", default="cpu", help="torch device for encoding and training, e.g. cuda (default: cpu)")
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             train_transformer(data, work, steps=phase_steps(args, phase.name), batch_size=args.batch_size,
                               minutes=args.minutes, arch=args.arch, phase=phase.name, device=args.device,
                               init_weights=args.init_from, object_weight=args.object_weight,
-                              pair_weight=pair_weight, pair_min_t=args.pair_min_t, snapshot_every=args.snapshot_every)
+                              pair_weight=pair_weight, pair_min_t=args.pair_min_t, snapshot_every=args.snapshot_every,
+                              timestep_shift=args.timestep_shift)
     if "export" in stages:
         from .export import export_pipeline
 

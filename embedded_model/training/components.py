@@ -125,6 +125,7 @@ def build_transformer(arch: Architecture | str = "v1") -> FluxTransformer2DModel
     )
 
 
-def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
-    # No resolution-dependent shift: the model is trained at one size.
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+def build_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
+    # A fixed shift, the one training used (--timestep-shift), rather than FLUX's resolution-dependent one:
+    # the shipped model samples at the one size it was last trained at.
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift, use_dynamic_shifting=False)

@@ -70,8 +70,9 @@ def phase_named(arch: str, name: str) -> Phase:
     raise ValueError(f"phase {name!r} is not one of {[p.name for p in PLANS[arch]]} for arch {arch!r}")
 
 
-def assemble_pipeline(work: Path, transformer=None, arch: str = "v1") -> FluxPipeline:
-    """A FluxPipeline from the trained VAE checkpoint, the frozen encoders and `transformer`."""
+def assemble_pipeline(work: Path, transformer=None, arch: str = "v1", timestep_shift: float = 1.0) -> FluxPipeline:
+    """A FluxPipeline from the trained VAE checkpoint, the frozen encoders and `transformer`, sampling with the
+    `timestep_shift` it was trained with."""
     vae = build_vae()
     state = load_checkpoint(Path(work) / "vae.pt")
     if state is None:
@@ -82,7 +83,7 @@ def assemble_pipeline(work: Path, transformer=None, arch: str = "v1") -> FluxPip
         vae.register_to_config(scaling_factor=stats["scaling_factor"], shift_factor=stats["shift_factor"])
     clip, t5 = build_text_encoders()
     return FluxPipeline(
-        scheduler=build_scheduler(), vae=vae.eval(), text_encoder=clip, tokenizer=build_tokenizer(CLIP_MAX_LENGTH, bos=True),
+        scheduler=build_scheduler(timestep_shift), vae=vae.eval(), text_encoder=clip, tokenizer=build_tokenizer(CLIP_MAX_LENGTH, bos=True),
         text_encoder_2=t5, tokenizer_2=build_tokenizer(T5_MAX_LENGTH, bos=False),
         transformer=transformer if transformer is not None else build_transformer(arch),
     )
@@ -204,11 +205,23 @@ def pair_difference_error(pred: torch.Tensor, target: torch.Tensor, keep: torch.
     return (d_pred - d_target).pow(2).sum() / d_target.pow(2).sum().clamp_min(1e-12)
 
 
+def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Move noise levels towards pure noise (`shift` > 1) with the map FlowMatchEulerDiscreteScheduler's
+    ``shift`` applies to its sigmas, so that training and sampling can spend their steps alike.
+
+    Example:
+        >>> shift_timesteps(torch.tensor([0.0, 0.5, 1.0]), 3.0).tolist()
+        [0.0, 0.75, 1.0]
+    """
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
 def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch_size: int | None = None,
                       lr: float | None = None, minutes: float | None = None, save_every: int = 200,
                       arch: str = "v1", phase: str | None = None, device: str = "cpu",
                       init_weights: Path | None = None, snapshot_every: int = 500,
-                      object_weight: float = 0.0, pair_weight: float = 0.0, pair_min_t: float = 0.0) -> Path:
+                      object_weight: float = 0.0, pair_weight: float = 0.0, pair_min_t: float = 0.0,
+                      timestep_shift: float = 1.0) -> Path:
     """Train (or resume) one phase of `arch`'s plan on `data` (images at the phase's size); returns the checkpoint.
 
     Resumes from ``<work>/<phase>.pt``; a phase that has not started yet begins from `init_weights` (a
@@ -235,6 +248,8 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
         raise ValueError(f"pair_weight must be >= 0, got {pair_weight}")
     if not 0 <= pair_min_t < 1:
         raise ValueError(f"pair_min_t must be in [0, 1), got {pair_min_t}")
+    if not timestep_shift > 0:
+        raise ValueError(f"timestep_shift must be > 0, got {timestep_shift}")
     work = Path(work)
     spec = phase_named(arch, phase or PLANS[arch][0].name)
     size = int(data["images"].shape[1])
@@ -262,6 +277,10 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     step = 0
     if state:
+        trained_shift = state.get("timestep_shift", 1.0)  # checkpoints from before the option trained at 1
+        if trained_shift != timestep_shift:
+            raise ValueError(f"{ckpt_path} was trained with timestep_shift={trained_shift}; resume it with that "
+                             f"value, not {timestep_shift}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -291,6 +310,7 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
             noise = torch.randn((batch_size, *enc["latents"].shape[1:]), generator=gen, device=device)
             t = torch.sigmoid(torch.randn(batch_size, generator=gen, device=device))  # logit-normal, as in SD3
             dropped = None  # drawn below, and only without a teacher, as before pairs existed (same random stream)
+        t = shift_timesteps(t, timestep_shift)
         x0 = enc["latents"][idx]
         p_idx = enc["prompt_index"][idx].clone()
         xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * noise
@@ -339,7 +359,8 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
         if step % 50 == 0 or done:  # the last step too, so a run stopped early (--minutes) logs where it stopped
             log.write(step, loss=running, **({"pair_error": running_pair} if pair_weight else {}))
         if step % save_every == 0 or done:
-            save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step)
+            save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
+                            timestep_shift=timestep_shift)
         if snapshot_every and step % snapshot_every == 0:
             # Kept for the curve of adherence against training steps (python -m embedded_model.training.curve).
             save_checkpoint(snapshot_path(work, spec, step), ema=ema.state_dict(), step=step)
