@@ -241,6 +241,11 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     error, to keep it where the outline is hidden by noise. Measured on the v2 model (model card): either way
     the pair error falls through the noise, not the word (``python -m embedded_model.training.pair_error``
     tells the two apart), and shape adherence does not rise.
+
+    `timestep_shift` S draws the noise levels through :func:`shift_timesteps` (S > 1: more practice at high
+    noise, where a scene's layout is decided). The checkpoint keeps S and a resume must pass the same value;
+    the export samples with it. Measured on the v2 model (model card): S = 3 for 600 fine-tune steps raised
+    striped backgrounds from 38% to 90% against an identical S = 1 arm, and left shapes at chance.
     """
     if object_weight < 0:
         raise ValueError(f"object_weight must be >= 0, got {object_weight}")
