@@ -287,8 +287,10 @@ def test_a_timestep_shift_is_kept_with_the_checkpoint_and_exported_to_the_schedu
     assert load_checkpoint(tmp_path / "transformer.pt")["timestep_shift"] == 3.0
     with pytest.raises(ValueError, match="timestep_shift=3.0"):
         train_transformer(data, tmp_path, steps=2, batch_size=2)  # the default, 1.0, is not what it trained with
-    train_transformer(data, tmp_path, steps=2, batch_size=2, timestep_shift=3.0)
+    train_transformer(data, tmp_path, steps=2, batch_size=2, timestep_shift=3.0, snapshot_every=2)
     assert load_checkpoint(tmp_path / "transformer.pt")["step"] == 2
+    # The adherence curve samples each snapshot as the export would.
+    assert load_checkpoint(tmp_path / "snapshots" / "transformer_000002.pt")["timestep_shift"] == 3.0
 
     pipe = FluxPipeline.from_pretrained(export_pipeline(tmp_path, tmp_path / "pipe"), local_files_only=True)
     assert pipe.scheduler.config.shift == 3.0 and not pipe.scheduler.config.use_dynamic_shifting

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         state = load_checkpoint(path)
         transformer = build_transformer(args.arch)
         transformer.load_state_dict(state["ema"])
-        pipe = assemble_pipeline(args.work, transformer.eval(), arch=args.arch)
+        # Sampled as the export would: with the noise-level shift the snapshot trained with.
+        pipe = assemble_pipeline(args.work, transformer.eval(), arch=args.arch,
+                                 timestep_shift=state.get("timestep_shift", 1.0))
         pipe.set_progress_bar_config(disable=True)
         with torch.no_grad():
             result, _ = adherence(pipe, specs, args.steps, call)

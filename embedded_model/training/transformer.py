@@ -368,7 +368,7 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
                             timestep_shift=timestep_shift)
         if snapshot_every and step % snapshot_every == 0:
             # Kept for the curve of adherence against training steps (python -m embedded_model.training.curve).
-            save_checkpoint(snapshot_path(work, spec, step), ema=ema.state_dict(), step=step)
+            save_checkpoint(snapshot_path(work, spec, step), ema=ema.state_dict(), step=step, timestep_shift=timestep_shift)
         if done:
             break
     bar.close()
