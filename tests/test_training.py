@@ -283,6 +283,10 @@ def test_a_timestep_shift_is_kept_with_the_checkpoint_and_exported_to_the_schedu
     train_vae(data["images"], tmp_path, steps=1, batch_size=2, val_count=2)
     with pytest.raises(ValueError, match="timestep_shift must be > 0"):
         train_transformer(data, tmp_path, steps=1, batch_size=2, timestep_shift=0.0)
+    from embedded_model.training.__main__ import main
+
+    with pytest.raises(SystemExit, match="--timestep-shift must be > 0"):
+        main(["--work", str(tmp_path), "--stage", "export", "--timestep-shift", "0"])
     train_transformer(data, tmp_path, steps=1, batch_size=2, timestep_shift=3.0)
     assert load_checkpoint(tmp_path / "transformer.pt")["timestep_shift"] == 3.0
     with pytest.raises(ValueError, match="timestep_shift=3.0"):

@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [ph.name for ph in plan]
     if args.stage not in ("vae", "export", "all", *names):
         raise SystemExit(f"--stage {args.stage} is not a phase of --arch {args.arch}: choose from {names}")
+    if not args.timestep_shift > 0:
+        raise SystemExit(f"--timestep-shift must be > 0 (1: no shift), got {args.timestep_shift}")
     if args.init_from and args.stage not in names:
         # With several phases in one run, only the first should start from it; naming the phase says which.
         raise SystemExit(f"--init-from needs --stage set to one phase of {args.arch}: {names}")
