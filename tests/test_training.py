@@ -288,7 +288,16 @@ def test_a_timestep_shift_is_kept_with_the_checkpoint_and_exported_to_the_schedu
     with pytest.raises(SystemExit, match="--timestep-shift must be > 0"):
         main(["--work", str(tmp_path), "--stage", "export", "--timestep-shift", "0"])
     train_transformer(data, tmp_path, steps=1, batch_size=2, timestep_shift=3.0)
-    assert load_checkpoint(tmp_path / "transformer.pt")["timestep_shift"] == 3.0
+    shifted = load_checkpoint(tmp_path / "transformer.pt")
+    assert shifted["timestep_shift"] == 3.0
+    # Same seed, same init, same draws: only the noise levels differ, and the step they take shows it.
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    for name in ("vae.pt", "scenes.npz", "encoded.pt"):
+        (plain_dir / name).write_bytes((tmp_path / name).read_bytes())
+    train_transformer(data, plain_dir, steps=1, batch_size=2)
+    unshifted = load_checkpoint(plain_dir / "transformer.pt")["model"]
+    assert any(not torch.equal(unshifted[k], v) for k, v in shifted["model"].items())
     with pytest.raises(ValueError, match="timestep_shift=3.0"):
         train_transformer(data, tmp_path, steps=2, batch_size=2)  # the default, 1.0, is not what it trained with
     train_transformer(data, tmp_path, steps=2, batch_size=2, timestep_shift=3.0, snapshot_every=2)
