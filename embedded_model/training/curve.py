@@ -16,10 +16,9 @@ import torch
 
 from ..scenes import sample_specs
 from .checkpoint import load_checkpoint
-from .components import build_transformer
 from .evaluate import adherence
 from .export import call_defaults
-from .transformer import assemble_pipeline, phase_named
+from .transformer import assemble_pipeline, ema_transformer, phase_named
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for path in snapshots:
         state = load_checkpoint(path)
-        transformer = build_transformer(args.arch)
-        transformer.load_state_dict(state["ema"])
+        transformer = ema_transformer(state, args.arch)
         # Sampled as the export would: with the noise-level shift the snapshot trained with.
         pipe = assemble_pipeline(args.work, transformer.eval(), arch=args.arch,
                                  timestep_shift=state.get("timestep_shift", 1.0))

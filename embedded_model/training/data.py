@@ -49,6 +49,11 @@ def shape_pairs(n: int, seed: int, held_out: bool = False) -> list[SceneSpec]:
     return specs
 
 
+def render_seed(seed: int, i: int, pairs: bool = False) -> int:
+    """The renderer seed of row `i` of a dataset drawn with `seed`; the two rows of a pair share one."""
+    return seed * 1_000_003 + (i // 2 if pairs else i)
+
+
 def render_dataset(path: Path, n: int, size: int, seed: int, pairs: bool = False) -> dict[str, np.ndarray]:
     """Images (n, size, size, 3) uint8, their prompts, and the object's coverage of each transformer token
     (``object_cover``, (n, size // 8, size // 8), in [0, 1]), from the training split only.
@@ -65,12 +70,8 @@ def render_dataset(path: Path, n: int, size: int, seed: int, pairs: bool = False
         data = dict(np.load(path, allow_pickle=False))
         if np.array_equal(data.get("key"), key) and "object_cover" in data:  # caches from before the cover: redo
             return data
-    if pairs:
-        specs = shape_pairs(n // 2, seed)
-        jobs = [(spec, size, seed * 1_000_003 + i // 2) for i, spec in enumerate(specs)]
-    else:
-        specs = sample_specs(n, seed=seed, held_out=False)
-        jobs = [(spec, size, seed * 1_000_003 + i) for i, spec in enumerate(specs)]
+    specs = shape_pairs(n // 2, seed) if pairs else sample_specs(n, seed=seed, held_out=False)
+    jobs = [(spec, size, render_seed(seed, i, pairs)) for i, spec in enumerate(specs)]
     workers = min(os.cpu_count() or 1, max(1, n // 2000))  # a process pool pays off only for big sets
     images = np.empty((n, size, size, 3), np.uint8)
     side = size // PIXELS_PER_TOKEN

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from h2cache.pipelines import write_generation_defaults
 from .components import ARCHITECTURES, T5_MAX_LENGTH
-from .checkpoint import load_checkpoint
-from .transformer import DISTILL_GUIDANCE, PLANS, assemble_pipeline, checkpoint_path, load_ema
+from .transformer import DISTILL_GUIDANCE, PLANS, assemble_pipeline, checkpoint_path, ema_transformer, load_phase
 
 DISTILLED_GUIDANCE_SCALE = 3.0  # inside DISTILL_GUIDANCE; the true CFG scale v1 was evaluated at
 TRUE_CFG_SCALE = 3.0
@@ -37,9 +36,9 @@ def export_pipeline(work: Path, out: Path, arch: str = "v1") -> Path:
     and the call defaults (``generation_defaults.json``, so a copy of the directory loads with the sizes and
     guidance it was trained for), with the scheduler's shift set to the noise-level shift the phase trained with."""
     phase = last_trained_phase(Path(work), arch)
-    transformer = load_ema(work, arch, phase.name)
-    shift = load_checkpoint(checkpoint_path(work, phase)).get("timestep_shift", 1.0)
-    pipe = assemble_pipeline(work, transformer.eval(), arch=arch, timestep_shift=shift)
+    state = load_phase(work, arch, phase.name)
+    pipe = assemble_pipeline(work, ema_transformer(state, arch).eval(), arch=arch,
+                             timestep_shift=state.get("timestep_shift", 1.0))
     pipe.save_pretrained(out, safe_serialization=True)
     write_generation_defaults(out, call_defaults(arch, phase.size, distilled=phase.teacher is not None))
     return Path(out)

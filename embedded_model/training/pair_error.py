@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import FluxPipeline
 
 from ..scenes import render
-from .data import shape_pairs, to_tensor_range
-from .transformer import Denoiser, pair_difference_error
+from .data import render_seed, shape_pairs, to_tensor_range
+from .transformer import Denoiser, pack_normalised, pair_difference_error
 
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -49,12 +48,11 @@ def pair_errors(pipe, pairs: int, levels: list[float], size: int, guidance: floa
                 seed: int = 0) -> list[dict[str, float]]:
     """One row per noise level: the pair error with each scene's own prompt and with one prompt for both."""
     specs = shape_pairs(pairs, seed=seed, held_out=True)
-    images = np.stack([render(spec, size=size, seed=seed * 1_000_003 + i // 2) for i, spec in enumerate(specs)])
+    images = np.stack([render(spec, size=size, seed=render_seed(seed, i, pairs=True)) for i, spec in enumerate(specs)])
     vae = pipe.vae
     latents = vae.encode(to_tensor_range(images)).latent_dist.mode()
-    latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
-    b, c, h, w = latents.shape
-    x0 = FluxPipeline._pack_latents(latents, b, c, h, w)
+    h, w = latents.shape[-2:]
+    x0 = pack_normalised(latents, vae.config.shift_factor, vae.config.scaling_factor)
     seq, pooled, _ = pipe.encode_prompt([s.prompt() for s in specs], None, max_sequence_length=16)
     enc = {"latent_hw": torch.tensor([h, w]), "prompt_embeds": seq, "pooled_embeds": pooled}
     denoise = Denoiser(enc, len(specs), "cpu")

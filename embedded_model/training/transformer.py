@@ -123,9 +123,8 @@ def encode_dataset(data: dict[str, np.ndarray], work: Path, device: str = "cpu",
     if stats is None:
         stats = {"shift_factor": latents.mean().item(), "scaling_factor": 1.0 / latents.std().item()}
         save_checkpoint(Path(work) / "latent_stats.pt", **stats)
-    latents = (latents - stats["shift_factor"]) * stats["scaling_factor"]
-    b, c, h, w = latents.shape
-    packed = FluxPipeline._pack_latents(latents, b, c, h, w)
+    h, w = latents.shape[-2:]
+    packed = pack_normalised(latents, stats["shift_factor"], stats["scaling_factor"])
 
     prompts = [str(p) for p in data["prompts"]]
     unique = sorted(set(prompts)) + [""]
@@ -152,14 +151,31 @@ def snapshot_path(work: Path, phase: Phase, step: int) -> Path:
     return Path(work) / "snapshots" / f"{phase.name}_{step:06d}.pt"
 
 
-def load_ema(work: Path, arch: str, phase_name: str) -> torch.nn.Module:
-    """The EMA model a finished (or stopped) phase left behind."""
+def load_phase(work: Path, arch: str, phase_name: str) -> dict:
+    """The checkpoint a finished (or stopped) phase left behind."""
     state = load_checkpoint(checkpoint_path(work, phase_named(arch, phase_name)))
     if state is None:
         raise FileNotFoundError(f"{work}/{phase_name}.pt is missing: run the '{phase_name}' phase first")
+    return state
+
+
+def ema_transformer(state: dict, arch: str) -> torch.nn.Module:
+    """The EMA model of a phase checkpoint or snapshot."""
     model = build_transformer(arch)
     model.load_state_dict(state["ema"])
     return model
+
+
+def load_ema(work: Path, arch: str, phase_name: str) -> torch.nn.Module:
+    """The EMA model a finished (or stopped) phase left behind."""
+    return ema_transformer(load_phase(work, arch, phase_name), arch)
+
+
+def pack_normalised(latents: torch.Tensor, shift_factor: float, scaling_factor: float) -> torch.Tensor:
+    """VAE latents (b, c, h, w), normalised as training saw them and packed into FLUX tokens."""
+    latents = (latents - shift_factor) * scaling_factor
+    b, c, h, w = latents.shape
+    return FluxPipeline._pack_latents(latents, b, c, h, w)
 
 
 def load_exported(model_dir: Path, arch: str) -> torch.nn.Module:
