@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -277,16 +278,31 @@ def test_word_sensitivity_renders_each_shape_word_on_one_scene_and_reads_it_back
         main(["--scenes", "0"])
 
 
+@pytest.mark.parametrize("flag, value, says", [
+    ("--timestep-shift", "0", "must be > 0, got 0"),
+    ("--pair-weight", "-1", "must be >= 0, got -1"),
+    ("--object-weight", "nan", "must be a finite number"),
+    ("--pair-min-t", "1", r"must be in \[0, 1\), got 1"),
+    ("--finetune-steps", "0", "must be an integer >= 1, got 0"),
+    ("--threads", "two", "must be an integer, got 'two'"),
+])
+def test_the_training_cli_refuses_an_out_of_range_number_naming_the_flag(tmp_path, capsys, flag, value, says):
+    """A bad number stops the command before any work, with argparse's usage error, not a traceback."""
+    from embedded_model.training.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--work", str(tmp_path), "--stage", "export", flag, value])
+    assert stop.value.code == 2
+    assert re.search(f"argument {flag}: {says}", capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())  # refused before touching the work directory
+
+
 def test_a_timestep_shift_is_kept_with_the_checkpoint_and_exported_to_the_scheduler(tmp_path):
     """Training at shifted noise levels must sample with the same shift, and a resume cannot change it."""
     data = render_dataset(tmp_path / "scenes.npz", 4, 64, seed=5)
     train_vae(data["images"], tmp_path, steps=1, batch_size=2, val_count=2)
     with pytest.raises(ValueError, match="timestep_shift must be > 0"):
         train_transformer(data, tmp_path, steps=1, batch_size=2, timestep_shift=0.0)
-    from embedded_model.training.__main__ import main
-
-    with pytest.raises(SystemExit, match="--timestep-shift must be > 0"):
-        main(["--work", str(tmp_path), "--stage", "export", "--timestep-shift", "0"])
     train_transformer(data, tmp_path, steps=1, batch_size=2, timestep_shift=3.0)
     shifted = load_checkpoint(tmp_path / "transformer.pt")
     assert shifted["timestep_shift"] == 3.0

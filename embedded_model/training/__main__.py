@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .arg_ranges import above, at_least, count, in_unit_interval
 from .components import ARCHITECTURES, IMAGE_SIZE, SEED
 from .transformer import PLANS
 
@@ -28,34 +29,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="which stage to run (default: all); transformer phases must belong to --arch")
     p.add_argument("--work", type=Path, default=None, help="checkpoints, logs and data cache (default: runs/embedded-<arch>)")
     p.add_argument("--out", type=Path, default=Path("assets/tiny-flux-scenes"), help="exported FluxPipeline directory")
-    p.add_argument("--images", type=int, default=40_000, help="training scenes to render per size (default: 40000)")
-    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--images", type=count(1), default=40_000, help="training scenes to render per size (default: 40000)")
+    p.add_argument("--vae-steps", type=count(1), default=3000)
     p.add_argument("--vae-from", type=Path, default=None,
                    help="FluxPipeline directory whose VAE to reuse instead of training one (the VAE is fully convolutional)")
-    p.add_argument("--transformer-steps", type=int, default=3500, help="steps of a phase not named below (v1)")
-    p.add_argument("--pretrain-steps", type=int, default=3000)
-    p.add_argument("--finetune-steps", type=int, default=3000)
-    p.add_argument("--distill-steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=None, help="transformer batch size (default: the phase's)")
-    p.add_argument("--minutes", type=float, default=None, help="stop the current stage after this many minutes (resume later)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--transformer-steps", type=count(1), default=3500, help="steps of a phase not named below (v1)")
+    p.add_argument("--pretrain-steps", type=count(1), default=3000)
+    p.add_argument("--finetune-steps", type=count(1), default=3000)
+    p.add_argument("--distill-steps", type=count(1), default=1500)
+    p.add_argument("--batch-size", type=count(1), default=None, help="transformer batch size (default: the phase's)")
+    p.add_argument("--minutes", type=above(0), default=None, help="stop the current stage after this many minutes (resume later)")
+    p.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start a phase that has no checkpoint yet from this FluxPipeline directory's transformer "
                         "(e.g. a partly trained export), instead of from the previous phase")
-    p.add_argument("--object-weight", type=float, default=0.0,
+    p.add_argument("--object-weight", type=at_least(0), default=0.0,
                    help="weigh each token's loss by 1 + this x the share of it the object covers (default: 0, plain "
                         "MSE); the object is 1-10%% of a scene, so a plain loss is mostly background")
-    p.add_argument("--pair-weight", type=float, default=0.0,
+    p.add_argument("--pair-weight", type=at_least(0), default=0.0,
                    help="train the phases without a teacher on pairs of scenes that differ only in the shape, "
                         "adding this x the pair error (how far the two predictions' difference is from the "
                         "targets'; 1 when the shape word is ignored) to the loss (default: 0, unpaired); the "
                         "paired scenes are cached apart (scenes_<size>_pairs.npz)")
-    p.add_argument("--pair-min-t", type=float, default=0.0,
+    p.add_argument("--pair-min-t", type=in_unit_interval, default=0.0,
                    help="count only pairs drawn at noise level t >= this in the pair error (default: 0, all)")
-    p.add_argument("--timestep-shift", type=float, default=1.0,
+    p.add_argument("--timestep-shift", type=above(0), default=1.0,
                    help="train at noise levels moved towards pure noise by this shift (the scheduler's sigma map; "
                         "default: 1, the logit-normal levels as drawn); export then samples with the same shift")
-    p.add_argument("--snapshot-every", type=int, default=500,
+    p.add_argument("--snapshot-every", type=count(0), default=500,
                    help="keep an EMA snapshot every this many steps, for the adherence curve (default: 500; 0: none)")
     p.add_argument("--device", default="cpu", help="torch device for encoding and training, e.g. cuda (default: cpu)")
     return p.parse_args(argv)
@@ -79,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     names = [ph.name for ph in plan]
     if args.stage not in ("vae", "export", "all", *names):
         raise SystemExit(f"--stage {args.stage} is not a phase of --arch {args.arch}: choose from {names}")
-    if not args.timestep_shift > 0:
-        raise SystemExit(f"--timestep-shift must be > 0 (1: no shift), got {args.timestep_shift}")
     if args.init_from and args.stage not in names:
         # With several phases in one run, only the first should start from it; naming the phase says which.
         raise SystemExit(f"--init-from needs --stage set to one phase of {args.arch}: {names}")
