@@ -25,15 +25,15 @@ Example:
     >>> import torch, h2cache
     >>> pipe = h2cache.load_pipeline()
     >>> pipe.set_progress_bar_config(disable=True)
-    >>> # The identity polynomial: the accumulator sums raw input changes (about 0.5, then 0.25-0.3 per step).
+    >>> # The identity polynomial: the accumulator sums raw input changes (about 0.16, then 0.24-0.28 per step).
     >>> config = TeaCacheConfig(threshold=0.6, coefficients=(1.0, 0.0), num_inference_steps=6)
     >>> handle = apply_teacache(pipe.transformer, config)
     >>> image = pipe("a red circle at the center on a plain blue background",
     ...              **dict(h2cache.generation_defaults(pipe), num_inference_steps=6),
     ...              generator=torch.Generator().manual_seed(0)).images[0]
-    >>> # step 0 and 5: always computed; step 2: the accumulator crossed 0.6 and restarted
+    >>> # step 0 and 5: always computed; step 3: the accumulator crossed 0.6 (0.72) and restarted
     >>> [(d.step, d.computed) for d in handle.decisions if d.context == "cond"]
-    [(0, True), (1, False), (2, True), (3, False), (4, False), (5, True)]
+    [(0, True), (1, False), (2, False), (3, True), (4, False), (5, True)]
     >>> handle.remove()
 """
 
