@@ -2,8 +2,8 @@
 # Finish the v2 embedded model on a lent GPU (the device tool), in two calls that each fit its 10-minute limit.
 #
 #   STEP=1  import the VAE, render and encode the 128x128 scenes, fine-tune at 128x128 starting from $INIT:
-#           by default the shipped v2 model (assets/tiny-flux-scenes, fine-tuned 1,200 steps and distilled on a
-#           CPU), so a GPU continues where the CPU stopped. To redo the 128x128 phases from the 64x64 pretraining
+#           by default the shipped v2 model (assets/tiny-flux-scenes: fine-tuned 1,200 steps, then 1,500 more at
+#           timestep shift 3, then distilled at shift 3, on a CPU), so a GPU continues where the CPU stopped. To redo the 128x128 phases from the 64x64 pretraining
 #           instead, restore it first (`git checkout d94d142 -- assets/tiny-flux-scenes-v2-pretrain`, 20 MB, not
 #           in the tree since v2 shipped) and set INIT=assets/tiny-flux-scenes-v2-pretrain.
 #           PAIR_WEIGHT=W (and PAIR_MIN_T, default 0.6) fine-tunes on shape pairs with the pair error

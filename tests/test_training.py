@@ -279,12 +279,12 @@ def test_word_sensitivity_renders_each_shape_word_on_one_scene_and_reads_it_back
 
 
 @pytest.mark.parametrize("flag, value, says", [
-    ("--timestep-shift", "0", "must be > 0, got 0"),
-    ("--pair-weight", "-1", "must be >= 0, got -1"),
-    ("--object-weight", "nan", "must be a finite number"),
-    ("--pair-min-t", "1", r"must be in \[0, 1\), got 1"),
-    ("--finetune-steps", "0", "must be an integer >= 1, got 0"),
-    ("--threads", "two", "must be an integer, got 'two'"),
+    ("--timestep-shift", "0", "must be a number > 0, got '0'"),
+    ("--pair-weight", "-1", "must be a number >= 0, got '-1'"),
+    ("--object-weight", "nan", "must be a number >= 0, got 'nan'"),
+    ("--pair-min-t", "1.0000001", r"must be a number in \[0, 1\), got '1.0000001'"),
+    ("--finetune-steps", "0", "must be an integer >= 1, got '0'"),
+    ("--threads", "two", "must be an integer >= 1, got 'two'"),
 ])
 def test_the_training_cli_refuses_an_out_of_range_number_naming_the_flag(tmp_path, capsys, flag, value, says):
     """A bad number stops the command before any work, with argparse's usage error, not a traceback."""
