@@ -297,6 +297,14 @@ def test_the_training_cli_refuses_an_out_of_range_number_naming_the_flag(tmp_pat
     assert not any(tmp_path.iterdir())  # refused before touching the work directory
 
 
+def test_the_training_cli_refuses_an_odd_scene_count_for_pairs(tmp_path):
+    from embedded_model.training.__main__ import main
+
+    with pytest.raises(SystemExit, match="--images must be even, got 7"):
+        main(["--work", str(tmp_path), "--stage", "finetune", "--images", "7", "--pair-weight", "0.5"])
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_timestep_shift_is_kept_with_the_checkpoint_and_exported_to_the_scheduler(tmp_path):
     """Training at shifted noise levels must sample with the same shift, and a resume cannot change it."""
     data = render_dataset(tmp_path / "scenes.npz", 4, 64, seed=5)

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [ph.name for ph in plan]
     if args.stage not in ("vae", "export", "all", *names):
         raise SystemExit(f"--stage {args.stage} is not a phase of --arch {args.arch}: choose from {names}")
+    if args.pair_weight and args.images % 2:
+        raise SystemExit(f"--pair-weight renders scenes in pairs: --images must be even, got {args.images}")
     if args.init_from and args.stage not in names:
         # With several phases in one run, only the first should start from it; naming the phase says which.
         raise SystemExit(f"--init-from needs --stage set to one phase of {args.arch}: {names}")
