@@ -18,7 +18,7 @@ from ..scenes import sample_specs
 from .checkpoint import load_checkpoint
 from .evaluate import adherence
 from .export import call_defaults
-from .transformer import assemble_pipeline, ema_transformer, phase_named
+from .transformer import assemble_pipeline, ema_transformer, phase_named, trained_shift
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         transformer = ema_transformer(state, args.arch)
         # Sampled as the export would: with the noise-level shift the snapshot trained with.
         pipe = assemble_pipeline(args.work, transformer.eval(), arch=args.arch,
-                                 timestep_shift=state.get("timestep_shift", 1.0))
+                                 timestep_shift=trained_shift(state))
         pipe.set_progress_bar_config(disable=True)
         with torch.no_grad():
             result, _ = adherence(pipe, specs, args.steps, call)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from h2cache.pipelines import write_generation_defaults
 from .components import ARCHITECTURES, T5_MAX_LENGTH
-from .transformer import DISTILL_GUIDANCE, PLANS, assemble_pipeline, checkpoint_path, ema_transformer, load_phase
+from .transformer import (DISTILL_GUIDANCE, PLANS, assemble_pipeline, checkpoint_path, ema_transformer, load_phase,
+                          trained_shift)
 
 DISTILLED_GUIDANCE_SCALE = 3.0  # inside DISTILL_GUIDANCE; the true CFG scale v1 was evaluated at
 TRUE_CFG_SCALE = 3.0
@@ -38,7 +39,7 @@ def export_pipeline(work: Path, out: Path, arch: str = "v1") -> Path:
     phase = last_trained_phase(Path(work), arch)
     state = load_phase(work, arch, phase.name)
     pipe = assemble_pipeline(work, ema_transformer(state, arch).eval(), arch=arch,
-                             timestep_shift=state.get("timestep_shift", 1.0))
+                             timestep_shift=trained_shift(state))
     pipe.save_pretrained(out, safe_serialization=True)
     write_generation_defaults(out, call_defaults(arch, phase.size, distilled=phase.teacher is not None))
     return Path(out)

@@ -166,6 +166,11 @@ def ema_transformer(state: dict, arch: str) -> torch.nn.Module:
     return model
 
 
+def trained_shift(state: dict) -> float:
+    """The timestep shift a phase checkpoint or snapshot trained with (those from before the option: 1)."""
+    return state.get("timestep_shift", 1.0)
+
+
 def load_ema(work: Path, arch: str, phase_name: str) -> torch.nn.Module:
     """The EMA model a finished (or stopped) phase left behind."""
     return ema_transformer(load_phase(work, arch, phase_name), arch)
@@ -298,9 +303,9 @@ def train_transformer(data: dict[str, np.ndarray], work: Path, steps: int, batch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     step = 0
     if state:
-        trained_shift = state.get("timestep_shift", 1.0)  # checkpoints from before the option trained at 1
-        if trained_shift != timestep_shift:
-            raise ValueError(f"{ckpt_path} was trained with timestep_shift={trained_shift}; resume it with that "
+        resumed_shift = trained_shift(state)
+        if resumed_shift != timestep_shift:
+            raise ValueError(f"{ckpt_path} was trained with timestep_shift={resumed_shift}; resume it with that "
                              f"value, not {timestep_shift}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
