@@ -21,7 +21,8 @@ import torch
 
 from h2cache.config import H2CacheConfig
 from h2cache.hook_machinery import ContextStateManager
-from h2cache.hooks import H2CacheState, H2ProbeHook, apply_h2_cache
+from h2cache.apply import apply_h2_cache
+from h2cache.hooks import H2CacheState, H2ProbeHook
 
 FLUX_DIM, FLUX_HEADS, FLUX_DOUBLE, FLUX_SINGLE = 3072, 24, 19, 38
 FLUX_IMAGE_TOKENS, FLUX_TEXT_TOKENS = 4096, 512

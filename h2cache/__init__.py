@@ -7,7 +7,7 @@ Example:
 
 from .calibrate import Calibration, calibrate, stored_calibration
 from .config import ConfigField, H2CacheConfig, config_fields
-from .hooks import H2CacheHandle, apply_h2_cache, is_h2_cache_applied
+from .apply import H2CacheHandle, apply_h2_cache, is_h2_cache_applied
 from .pipelines import generation_defaults, load_pipeline
 from .pfs import pfs_distance, pfs_kernel, pfs_thumbnail
 from .stages import StageSplit, resolve_stages

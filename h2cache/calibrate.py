@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from .budget_search import QUALITY_TIE, SHARE_TOLERANCE, pick_for_share, sweep_line
 from .compare import generate
 from .config import H2CacheConfig
-from .hooks import apply_h2_cache
+from .apply import apply_h2_cache
 from .methods.calibration import CalibrationStore, model_fingerprint, model_key, prompt_hashes
 from .metrics import psnr, ssim
 from .pipelines import generation_defaults

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .config import H2CacheConfig
-from .hooks import apply_h2_cache
+from .apply import apply_h2_cache
 from .pfs_views import PFSViews
 from .pipelines import generation_defaults
 from .trace import Trace

@@ -50,19 +50,61 @@ class ConfigField:
         return whole if self.none_means is None else f"{self.none_means} or {whole}"
 
     def accepts(self, value: Any) -> bool:
-        if self.kind is bool:
-            return isinstance(value, bool)
-        if value is None:
-            return self.none_means is not None
-        if isinstance(value, bool):
+        try:
+            self.convert(value)
+        except ValueError:
             return False
-        if self.kind is float:
-            return isinstance(value, (int, float)) and math.isfinite(value) and value >= self.low
-        return isinstance(value, int) and value >= self.low
+        return True
+
+    def convert(self, value: Any) -> Any:
+        """`value` as the plain Python value this field stores (numpy and 0-d torch numbers included), or
+        ``ValueError`` naming the field and, for a number out of range, the range; for a wrong type, the type."""
+        if value is None and self.none_means is not None and self.kind is not bool:
+            return None
+        plain = plain_number(value, self.kind)
+        if plain is None:
+            raise ValueError(f"H2CacheConfig.{self.name} must be {self.allowed()}, got {_type_name(value)} "
+                             f"{value!r}")
+        if self.kind is not bool and not (math.isfinite(plain) and plain >= self.low):
+            raise ValueError(f"H2CacheConfig.{self.name} must be {self.allowed()}, got {value!r}")
+        return plain
 
     def check(self, value: Any) -> None:
-        if not self.accepts(value):
-            raise ValueError(f"H2CacheConfig.{self.name} must be {self.allowed()}, got {value!r}")
+        self.convert(value)
+
+
+def plain_number(value: Any, kind: type) -> bool | int | float | None:
+    """`value` as a plain Python `kind` (``bool``, ``int`` or ``float``), or ``None`` if its type is not one.
+
+    numpy scalars and 0-d torch tensors count as the numbers they hold, so that sweeps built with numpy work;
+    a bool is not a number and an integer field takes no float, not even ``4.0``.
+
+    Example:
+        >>> import numpy as np
+        >>> plain_number(np.float32(0.5), float), plain_number(np.int64(4), int), plain_number(4, float)
+        (0.5, 4, 4.0)
+        >>> plain_number(4.0, int) is None, plain_number(True, int) is None, plain_number("1", float) is None
+        (True, True, True)
+    """
+    if type(value).__module__ == "torch" and getattr(value, "ndim", None) == 0:
+        value = value.detach().cpu().numpy()
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        value = value[()]
+        # A float32 0.1 is 0.10000000149 as a float64; its shortest decimal is the number that was meant.
+        value = float(str(value)) if value.dtype.kind == "f" and value.dtype.itemsize < 8 else value.item()
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        return value if isinstance(value, int) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _type_name(value: Any) -> str:
+    module = type(value).__module__
+    name = type(value).__name__ if module == "builtins" else f"{module}.{type(value).__name__}"
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _declare(default: Any, kind: type, **declared: Any) -> Any:
@@ -102,30 +144,14 @@ class H2CacheConfig:
             the whole of stage 2 saved at the last call that ran it. A stage-1 hit then runs one block, as
             FirstBlockCache does, instead of two. Cannot be combined with ``independent_stage2``.
         forecast_residual: Experimental. On a hit, add the stage's residual extrapolated linearly from its
-            last two misses to the current step (:class:`~h2cache.hooks.ResidualForecast`) instead of
+            last two misses to the current step (:class:`~h2cache.forecast.ResidualForecast`) instead of
             replaying the last one; decisions are unchanged. Not offered in the app.
-        forecast_max_factor: Experimental, with ``forecast_residual`` only. The forecast's factor
-            ``(s - t) / (t - t0)`` (steps since the last miss over the gap between the last two misses) is
-            capped at this value, so a long run of hits stops extrapolating further; ``0`` replays, ``None``
-            (default) leaves it unbounded. ``None`` or a finite number ``>= 0``.
         forecast_probe_factor: Experimental, with ``forecast_residual`` only. The factor is measured on the
             probe instead of counted in steps: the projection of the change of this call's PFS thumbnail since
             the last miss onto its change between the last two misses, relative to that change. The stage
             residual is then moved as far along its own line as the probe moved along its line.
-        forecast_fallback: Experimental, with ``forecast_residual`` only. At each miss the stage judges what a
-            hit would have added against the residual it just computed (:mod:`h2cache.forecast_error`); when
-            replaying the last residual would have come closer than the forecast, the stage's hits replay until
-            its next miss.
-        forecast_error_limit: Experimental, with ``forecast_residual`` only. When that error (relative L1 of
-            the reused residual; the smaller of the two with ``forecast_fallback``) exceeds this limit, the
-            stage's threshold is multiplied by ``limit / error`` until its next miss, so the stage is refreshed
-            sooner. A structure hit reuses the detail stage too, so ``tau1`` takes the smaller of the two
-            stages' factors. ``None`` (default) or a finite number ``>= 0``.
-        guards_structure_only: Experimental. ``warmup_steps`` and ``max_consecutive_hits`` force only the
-            structure stage to run; on those calls the detail stage decides by its own PFS distance and
-            ``tau2`` (``final_full_steps`` still forces every block), and the cap counts calls in a row that
-            reused the structure stage. The paper's premise, structure settles early and details late, as a
-            guard: refresh what sets the structure, let the details be reused.
+
+    Options tried and removed, with their measurements, are listed in ``docs/EXPERIMENTS.md``.
 
     Example:
         >>> guarded = H2CacheConfig(warmup_steps=6, max_consecutive_hits=3, final_full_steps=1,
@@ -178,50 +204,21 @@ class H2CacheConfig:
     forecast_residual: bool = _declare(False, bool, role="experimental", label="Forecast reused residuals",
                                        help="A hit adds the stage's residual extrapolated linearly from its last "
                                             "two misses to this step, instead of replaying the last one")
-    forecast_max_factor: float | None = _declare(None, float, low=0.0, none_means="None (unbounded)",
-                                                 role="experimental", label="Forecast factor cap",
-                                                 help="Largest extrapolation factor (s - t) / (t - t0) a forecast "
-                                                      "uses; 0 replays (needs forecast_residual)")
     forecast_probe_factor: bool = _declare(False, bool, role="experimental", label="Forecast factor from the probe",
                                            help="The forecast's factor is how far the probe's PFS thumbnail moved "
                                                 "since the last miss, along its change between the last two misses, "
                                                 "instead of the steps elapsed (needs forecast_residual)")
-    forecast_fallback: bool = _declare(False, bool, role="experimental", label="Forecast falls back to replay",
-                                       help="After a miss at which replaying would have come closer to the computed "
-                                            "residual than the forecast, the stage replays until its next miss "
-                                            "(needs forecast_residual)")
-    forecast_error_limit: float | None = _declare(None, float, low=0.0, none_means="None (off)", role="experimental",
-                                                  label="Forecast error limit",
-                                                  help="Largest relative L1 error of the reused residual, measured "
-                                                       "at the stage's last miss; above it the stage's threshold is "
-                                                       "scaled by limit / error until its next miss (needs "
-                                                       "forecast_residual)")
-    guards_structure_only: bool = _declare(False, bool, role="experimental", label="Guards refresh stage 1 only",
-                                           help="The warm-up and the cap on consecutive hits force the structure "
-                                                "stage only; the detail stage decides by its own distance on those "
-                                                "calls (the final steps still compute every block)")
-
     def __setattr__(self, name: str, value) -> None:
-        _validate(name, value)
-        super().__setattr__(name, value)
+        super().__setattr__(name, _validate(name, value))
 
     def validate(self) -> None:
         """Checks between fields (each field alone is checked on assignment). Raises ``ValueError``."""
         if self.final_full_steps and self.num_inference_steps is None:
             raise ValueError(f"H2CacheConfig.final_full_steps = {self.final_full_steps} needs "
                              "H2CacheConfig.num_inference_steps (an integer >= 1), got None")
-        if self.forecast_max_factor is not None and not self.forecast_residual:
-            raise ValueError(f"H2CacheConfig.forecast_max_factor = {self.forecast_max_factor} needs "
-                             "H2CacheConfig.forecast_residual = True (it caps the forecast's factor)")
         if self.forecast_probe_factor and not self.forecast_residual:
             raise ValueError("H2CacheConfig.forecast_probe_factor = True needs H2CacheConfig.forecast_residual = True "
                              "(it measures the forecast's factor)")
-        if self.forecast_fallback and not self.forecast_residual:
-            raise ValueError("H2CacheConfig.forecast_fallback = True needs H2CacheConfig.forecast_residual = True "
-                             "(it chooses between the forecast and replay)")
-        if self.forecast_error_limit is not None and not self.forecast_residual:
-            raise ValueError(f"H2CacheConfig.forecast_error_limit = {self.forecast_error_limit} needs "
-                             "H2CacheConfig.forecast_residual = True (it measures the forecast's error)")
         if self.skip_stage2_probe_on_hit and self.independent_stage2:
             raise ValueError("H2CacheConfig.skip_stage2_probe_on_hit and H2CacheConfig.independent_stage2 cannot "
                              "both be True: an independent stage 2 needs its probe to decide")
@@ -237,7 +234,7 @@ def config_fields(role: str | None = None) -> tuple[ConfigField, ...]:
 _FIELDS = {f.name: ConfigField(f.name, **f.metadata[_KEY]) for f in fields(H2CacheConfig)}
 
 
-def _validate(name: str, value) -> None:
+def _validate(name: str, value) -> Any:
     if name not in _FIELDS:
         raise AttributeError(f"H2CacheConfig has no field {name!r}")
-    _FIELDS[name].check(value)
+    return _FIELDS[name].convert(value)

@@ -1,7 +1,8 @@
 """What every cache built here on diffusers' hooks shares: H2-Cache, TeaCache and the benchmark's block meter.
 
 - :func:`transformer_of`: the transformer of a pipeline, or the module given.
-- :func:`refuse_stacking`: one cache at a time (ours or one of diffusers'), refused before anything is attached.
+- :func:`attached_cache`, :func:`refuse_stacking`, :func:`claim`, :func:`release`: what cache a transformer
+  carries (ours or one of diffusers'), and one cache at a time, refused in either order.
 - :class:`ContextStateManager`: per-context state ('cond'/'uncond') that also works where no context is named.
 - :class:`StatefulBlockHook`: the base of hooks on transformer blocks.
 - :func:`detach_hooks`: the way back, leaving the modules as they were.
@@ -21,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -43,16 +45,84 @@ def transformer_of(pipe_or_transformer: Any) -> torch.nn.Module:
                     f"got {type(pipe_or_transformer).__name__}")
 
 
-def refuse_stacking(transformer: torch.nn.Module, applying: str) -> None:
-    """Refuse to apply `applying` on top of H2-Cache or a diffusers cache: the two would silently combine."""
-    from .hooks import is_h2_cache_applied  # hooks.py builds on this module
+# The attribute that names what this library attached to a transformer: the one place that knows, read by
+# every apply function here (H2-Cache, TeaCache, the benchmark's methods) and, through the enable_cache
+# stand-in below, by diffusers' own caches.
+_OWNER = "_h2cache_attached"
+# diffusers' cache hooks live in these modules; they can be attached without enable_cache (apply_* functions).
+_DIFFUSERS_CACHE_MODULES = tuple(f"diffusers.hooks.{m}" for m in (
+    "first_block_cache", "mag_cache", "taylorseer_cache", "sea_cache", "pyramid_attention_broadcast",
+    "faster_cache", "text_kv_cache"))
 
-    if is_h2_cache_applied(transformer):
-        raise ValueError(f"H2-Cache is already applied to this transformer; call its handle.remove() before "
-                         f"applying {applying}")
-    if getattr(transformer, "_cache_config", None) is not None:
-        raise ValueError(f"the transformer already has a diffusers cache ({type(transformer._cache_config).__name__}); "
-                         f"call transformer.disable_cache() before applying {applying}")
+
+def attached_cache(transformer: torch.nn.Module) -> str | None:
+    """What cache is attached to `transformer`, in words (``None`` if none): one of ours, or one of diffusers'.
+
+    Example:
+        >>> import h2cache
+        >>> pipe = h2cache.load_pipeline()
+        >>> attached_cache(pipe.transformer) is None
+        True
+        >>> with h2cache.apply_h2_cache(pipe):
+        ...     attached_cache(pipe.transformer)
+        'H2-Cache'
+    """
+    owner = vars(transformer).get(_OWNER)
+    if owner is not None:
+        return owner
+    config = getattr(transformer, "_cache_config", None)
+    if config is not None:
+        return f"a diffusers cache ({type(config).__name__})"
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for name, hook in (registry.hooks.items() if registry is not None else ()):
+            if type(hook).__module__.startswith(_DIFFUSERS_CACHE_MODULES):
+                return f"a diffusers cache ({type(hook).__name__} {name!r})"
+    return None
+
+
+def refuse_stacking(transformer: torch.nn.Module, applying: str) -> None:
+    """Refuse to apply `applying` over any cache already attached: two caches would silently combine."""
+    owner = attached_cache(transformer)
+    if owner is None:
+        return
+    if owner.startswith("a diffusers cache"):
+        how = "transformer.disable_cache()" if getattr(transformer, "_cache_config", None) is not None \
+            else "remove its hooks"
+        raise ValueError(f"the transformer already has {owner}; call {how} before applying {applying}")
+    raise ValueError(f"{owner} is already applied to this transformer; call its handle.remove() before "
+                     f"applying {applying}")
+
+
+def claim(transformer: torch.nn.Module, owner: str) -> None:
+    """Mark `transformer` as carrying `owner`'s cache (a later claim renames it, e.g. a method around H2-Cache).
+
+    While marked, diffusers' ``transformer.enable_cache(...)`` is refused with a message naming `owner`:
+    diffusers only knows its own caches and would attach on top.
+    """
+    vars(transformer)[_OWNER] = owner
+    if hasattr(transformer, "enable_cache") and not isinstance(vars(transformer).get("enable_cache"),
+                                                                _RefuseEnableCache):
+        vars(transformer)["enable_cache"] = _RefuseEnableCache(transformer)
+
+
+def release(transformer: torch.nn.Module) -> None:
+    """Undo :func:`claim`. Safe to call twice."""
+    vars(transformer).pop(_OWNER, None)
+    if isinstance(vars(transformer).get("enable_cache"), _RefuseEnableCache):
+        del vars(transformer)["enable_cache"]
+
+
+class _RefuseEnableCache:
+    """Stands in for ``CacheMixin.enable_cache`` while one of our caches is attached."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        self.transformer = transformer
+
+    def __call__(self, config: Any) -> None:
+        owner = vars(self.transformer).get(_OWNER, "a cache")
+        raise ValueError(f"{owner} is applied to this transformer; call its handle.remove() before "
+                         f"transformer.enable_cache({type(config).__name__}(...))")
 
 
 class ContextStateManager(StateManager):
@@ -78,6 +148,12 @@ class ContextStateManager(StateManager):
     @property
     def context_name(self) -> str:
         return self._context.name if self._context is not None else DEFAULT_CONTEXT
+
+    def forget_states(self) -> None:
+        """Drop every context's state but keep the current context (``reset()`` clears that too)."""
+        for state in self._state_cache.values():
+            state.reset()
+        self._state_cache.clear()
 
     def get_state(self) -> BaseState:
         """The state of the current context (created on first use), of the class the manager was made with."""
@@ -155,3 +231,37 @@ def remove_reset(transformer: torch.nn.Module) -> None:
     """Undo :func:`install_reset`."""
     if isinstance(vars(transformer).get("_reset_stateful_cache"), _ResetOnPipelineEnd):
         del transformer._reset_stateful_cache
+
+
+class ScheduleWatch:
+    """Tells when a pipeline has started a new schedule: its scheduler holds a new ``timesteps`` tensor.
+
+    Every diffusers pipeline calls ``scheduler.set_timesteps`` at the start of a call, which makes a new
+    tensor; a cache that sees one knows a new call began even when the last one ended in an exception
+    between two steps, where the pipeline's end-of-call reset never ran. Costs no host sync. Without a
+    pipeline (a transformer driven by hand) it never fires.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> class Pipe: scheduler = SimpleNamespace(timesteps=torch.arange(3))
+        >>> pipe = Pipe()
+        >>> watch = ScheduleWatch(pipe)
+        >>> watch.new_schedule(), watch.new_schedule()
+        (True, False)
+        >>> pipe.scheduler.timesteps = torch.arange(3)
+        >>> watch.new_schedule()
+        True
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        # Weak: the transformer's hooks must not keep a dropped pipeline's encoders and VAE alive.
+        self._pipe = weakref.ref(pipe) if pipe is not None else None
+        self._seen: torch.Tensor | None = None
+
+    def new_schedule(self) -> bool:
+        pipe = self._pipe() if self._pipe is not None else None
+        timesteps = getattr(getattr(pipe, "scheduler", None), "timesteps", None)
+        if timesteps is None or timesteps is self._seen:
+            return False
+        self._seen = timesteps  # held, not its id: an id can be reused once the tensor is freed
+        return True

@@ -7,7 +7,9 @@ rule, first match wins:
 
 1. ``calibration_file`` given: its first ``calibration_count`` prompts.
 2. The embedded model: scenes drawn from the *training* split of the scene grammar (``seed=2024``), minus
-   any benchmark prompt (the shipped benchmark prompts are from the held-out split anyway).
+   any benchmark prompt (the shipped benchmark prompts are from the held-out split anyway). The model
+   directory carries that draw (``calibration_prompts.txt``, written by the model's export), so the
+   installed library needs nothing from the checkout's model tooling.
 3. Any other model with a prompt file (e.g. FLUX.1-dev with ``cute_text.txt``): the file's *last*
    ``calibration_count`` prompts are held out for calibration, and the benchmark draws its prompts from the
    lines before them, never from those.
@@ -53,18 +55,28 @@ def is_embedded(model: str | None) -> bool:
     return path.is_dir() and path.resolve() == EMBEDDED_MODEL_DIR.resolve()
 
 
-def _scene_prompts(count: int, avoid: set[str]) -> list[str]:
-    try:
-        from embedded_model.scenes import sample_specs
-    except ImportError as exc:  # installed library, run outside a checkout
-        raise RuntimeError("the embedded model's calibration prompts come from its scene grammar, "
-                           "embedded_model/scenes/ in the project checkout; run from the checkout, or pass "
-                           "prompts of your own") from exc
+CALIBRATION_PROMPTS_FILE = "calibration_prompts.txt"
 
-    # A longer draw from the same generator starts with the shorter one, so with nothing to avoid these
-    # are exactly the prompts the shipped calibrations were made on.
-    drawn = [s.prompt() for s in sample_specs(count + len(avoid), seed=EMBEDDED_SEED, held_out=False)]
-    return [p for p in drawn if prompt_hashes([p])[0] not in avoid][:count]
+
+def embedded_calibration_prompts() -> list[str]:
+    """The embedded model's calibration draw, in draw order, as its directory ships it."""
+    from .pipelines import EMBEDDED_MODEL_DIR
+
+    path = EMBEDDED_MODEL_DIR / CALIBRATION_PROMPTS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the embedded model's export writes it "
+                                "(embedded_model.training.export); pass calibration prompts of your own")
+    return read_prompts(path)
+
+
+def _scene_prompts(count: int, avoid: set[str]) -> list[str]:
+    # The draw is a prefix of a longer draw from the same generator, so with nothing to avoid these are
+    # exactly the prompts the shipped calibrations were made on.
+    drawn = [p for p in embedded_calibration_prompts() if prompt_hashes([p])[0] not in avoid]
+    if len(drawn) < count:
+        raise ValueError(f"calibration_count = {count} needs more than the {len(drawn)} usable prompts of the "
+                         f"embedded model's {CALIBRATION_PROMPTS_FILE}; ask for fewer")
+    return drawn[:count]
 
 
 def split_prompts(model: str | None, prompts: list[str], num_prompts: int | None = None,

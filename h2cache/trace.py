@@ -12,12 +12,8 @@ class StepRecord:
     ``d1``/``d2`` are ``None`` where no distance was computed: no reference yet, or
     stage 2 forced to hit because stage 1 hit. ``forced_full`` marks a call that one of
     the optional guards (warm-up, final steps, a cap on consecutive hits) made compute
-    every block (with ``guards_structure_only``, the structure stage; the detail stage may still hit);
-    its distances are still measured. ``probe2_skipped`` marks a stage-1
+    every block; its distances are still measured. ``probe2_skipped`` marks a stage-1
     hit that did not run stage 2's probe either (``skip_stage2_probe_on_hit``).
-    ``forecast_error1``/``replay_error1`` (and ``...2`` for stage 2) are set at a stage's miss when
-    ``forecast_fallback`` or ``forecast_error_limit`` is on: the relative L1 error, against the residual just
-    computed, of the forecast a hit would have added and of plain replay (:mod:`h2cache.forecast_error`).
     ``stage1_blocks_run``/``stage2_blocks_run`` count the blocks each stage ran; a stage always
     runs a prefix of its blocks (its probe, then the rest on a miss), so :meth:`computed` can
     say which.
@@ -42,10 +38,6 @@ class StepRecord:
     probe2_skipped: bool = False
     stage1_blocks_run: int = 0
     stage2_blocks_run: int = 0
-    forecast_error1: float | None = None
-    replay_error1: float | None = None
-    forecast_error2: float | None = None
-    replay_error2: float | None = None
 
     def ran(self, stage: int) -> None:
         """Count one block of `stage` (1 or 2) as run in this call."""

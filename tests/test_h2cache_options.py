@@ -179,7 +179,7 @@ def test_forecast_residual_is_exact_at_zero_and_extrapolates_from_the_last_two_m
     """Experimental `forecast_residual`: with every call forced to a miss nothing changes; with misses every third
     call (a cap of 2 hits in a row), each hit adds r + (s - t) / (t - t0) x (r - r0) of its stage, the last two
     misses' residuals, and replays r until a stage has two misses."""
-    from h2cache.hooks import ResidualForecast
+    from h2cache.forecast import ResidualForecast
 
     pipe = tiny_flux_pipeline(double=3, single=4)
     baseline = run(pipe, num_inference_steps=8)
@@ -195,9 +195,9 @@ def test_forecast_residual_is_exact_at_zero_and_extrapolates_from_the_last_two_m
         remembered.append((id(self), step, residual))
         real_remember(self, residual, step, thumb)
 
-    def extrapolate(self, residual, step, max_factor=None, thumb=None):
+    def extrapolate(self, residual, step, thumb=None):
         assert thumb is None  # the factor is counted in steps unless forecast_probe_factor is on
-        out = real_extrapolate(self, residual, step, max_factor, thumb)
+        out = real_extrapolate(self, residual, step, thumb)
         added.append((id(self), step, residual, out))
         return out
 
@@ -229,44 +229,11 @@ def test_forecast_residual_is_exact_at_zero_and_extrapolates_from_the_last_two_m
     assert not torch.equal(forecast, replayed)  # same decisions, other residuals added
 
 
-def test_forecast_max_factor_caps_the_extrapolation_and_zero_replays():
-    """`forecast_max_factor` bounds (s - t) / (t - t0): with misses at 0, 3, 6 the hits at 4 and 5 have factors
-    1/3 and 2/3, so a cap of 0.5 changes only step 5's image path; a cap of 0 gives the replayed images; a cap
-    needs the forecast on, and a negative one names the field and its range."""
-    from h2cache.hooks import ResidualForecast
-
-    f = ResidualForecast()
-    f.remember((torch.tensor([1.0]), None), step=0)
-    f.remember((torch.tensor([4.0]), None), step=3)
-    assert f.extrapolate(f.last, step=5)[0].item() == pytest.approx(4.0 + 2 / 3 * 3.0)
-    assert f.extrapolate(f.last, step=5, max_factor=0.5)[0].item() == pytest.approx(4.0 + 0.5 * 3.0)
-    assert f.extrapolate(f.last, step=4, max_factor=0.5)[0].item() == pytest.approx(4.0 + 1 / 3 * 3.0)
-
-    pipe = tiny_flux_pipeline(double=3, single=4)
-    guards = dict(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2)
-    images = {}
-    for name, options in {"replay": {}, "cap0": {"forecast_residual": True, "forecast_max_factor": 0.0},
-                          "free": {"forecast_residual": True}, "big": {"forecast_residual": True,
-                                                                        "forecast_max_factor": 5.0}}.items():
-        handle = apply_h2_cache(pipe, H2CacheConfig(**guards, **options))
-        images[name] = run(pipe, num_inference_steps=8)
-        handle.remove()
-    assert torch.equal(images["cap0"], images["replay"])
-    assert torch.equal(images["big"], images["free"])  # every factor here is below 5: the cap never binds
-    assert not torch.equal(images["free"], images["replay"])
-
-    with pytest.raises(ValueError, match="forecast_max_factor = 1.0 needs H2CacheConfig.forecast_residual"):
-        H2CacheConfig(forecast_max_factor=1.0).validate()
-    with pytest.raises(ValueError, match=r"H2CacheConfig.forecast_max_factor must be None \(unbounded\) or a "
-                                         r"finite number >= 0, got -1"):
-        H2CacheConfig(forecast_residual=True, forecast_max_factor=-1)
-
-
 def test_forecast_probe_factor_moves_the_residual_as_far_as_the_probe_moved(monkeypatch):
     """Experimental `forecast_probe_factor`: each hit's factor is the projection of its PFS thumbnail's change
     since the last miss onto the change between the last two misses' thumbnails, for both stages (stage 2's
     forced hits included); the images differ from the step-counted forecast under the same decisions."""
-    from h2cache.hooks import ResidualForecast
+    from h2cache.forecast import ResidualForecast
 
     remembered: list[tuple[int, int, tuple, torch.Tensor]] = []
     added: list[tuple[int, int, tuple, torch.Tensor, tuple]] = []
@@ -276,8 +243,8 @@ def test_forecast_probe_factor_moves_the_residual_as_far_as_the_probe_moved(monk
         remembered.append((id(self), step, residual, thumb))
         real_remember(self, residual, step, thumb)
 
-    def extrapolate(self, residual, step, max_factor=None, thumb=None):
-        out = real_extrapolate(self, residual, step, max_factor, thumb)
+    def extrapolate(self, residual, step, thumb=None):
+        out = real_extrapolate(self, residual, step, thumb)
         added.append((id(self), step, thumb, out))
         return out
 
@@ -314,156 +281,3 @@ def test_forecast_probe_factor_moves_the_residual_as_far_as_the_probe_moved(monk
     assert not torch.equal(measured, counted)
     with pytest.raises(ValueError, match="forecast_probe_factor = True needs H2CacheConfig.forecast_residual"):
         H2CacheConfig(forecast_probe_factor=True).validate()
-
-
-def _stage_of(errors, owner) -> int:
-    return 0 if owner is errors[0] else 1
-
-
-def test_forecast_fallback_judges_each_miss_and_replays_where_replay_came_closer(monkeypatch):
-    """Experimental `forecast_fallback`: at each miss a stage measures, against the residual just computed, the
-    relative L1 error of the forecast and of plain replay (both recomputed here from the remembered residuals);
-    until its next miss a stage's hits forecast where the forecast was the closer one and replay otherwise."""
-    from h2cache.forecast_error import ForecastError, relative_l1
-    from h2cache.hooks import ResidualForecast
-
-    measured: list[tuple] = []  # (errors, forecast, step, residual, last, before, forecast error, replay error)
-    real_measure = ForecastError.measure
-
-    def measure(self, forecast, residual, step, max_factor=None, thumb=None):
-        last, before = forecast.last, forecast.before
-        real_measure(self, forecast, residual, step, max_factor, thumb)
-        measured.append((self, forecast, step, residual, last, before, self.forecast, self.replay))
-
-    extrapolated: list[tuple[ResidualForecast, int]] = []
-    real_extrapolate = ResidualForecast.extrapolate
-
-    def extrapolate(self, residual, step, max_factor=None, thumb=None):
-        extrapolated.append((self, step))
-        return real_extrapolate(self, residual, step, max_factor, thumb)
-
-    monkeypatch.setattr(ForecastError, "measure", measure)
-    monkeypatch.setattr(ResidualForecast, "extrapolate", extrapolate)
-    pipe = tiny_flux_pipeline(double=3, single=4)
-    steps = 11
-    handle = apply_h2_cache(pipe, H2CacheConfig(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2,
-                                                forecast_residual=True, forecast_fallback=True))
-    fallback = run(pipe, num_inference_steps=steps)
-    assert [r.hit1 for r in handle.trace] == [False, True, True] * 3 + [False, True]
-    handle.remove()
-    owners = {(id(m[0]), id(m[1])): m[:2] for m in measured}
-    assert len(owners) == 2  # one ForecastError per stage, beside its ResidualForecast
-    choices = set()
-    for errors, forecast in owners.values():
-        misses = [m[2:] for m in measured if m[0] is errors]
-        assert [step for step, *_ in misses] == [0, 3, 6, 9]
-        for step, residual, last, before, got_forecast, got_replay in misses:
-            if last is None:  # the first miss: nothing to judge yet
-                assert got_forecast is None and got_replay is None
-                continue
-            assert got_replay == pytest.approx(relative_l1(last, residual))
-            expected = last if before is None else tuple(
-                None if r is None else r + (step - t) / (t - t0) * (r - b)
-                for r, b, t, t0 in zip(last, before, (step - 3,) * 2, (step - 6,) * 2))
-            assert got_forecast == pytest.approx(relative_l1(expected, residual))
-        hits = (1, 2, 4, 5, 7, 8, 10)
-        # (measure() extrapolates at the misses too: only the hits' calls tell what a hit added)
-        hits_forecast = sorted(step for owner, step in extrapolated if owner is forecast and step in hits)
-        expected_hits = []
-        for hit in hits:
-            *_, err_f, err_r = [m for m in misses if m[0] < hit][-1]
-            replays = err_f is not None and err_r < err_f
-            choices.add(replays)
-            if not replays:
-                expected_hits.append(hit)
-        assert hits_forecast == expected_hits
-    assert choices == {True, False}, "this model and seed should exercise both choices"
-    # The trace shows each miss's errors (stage 1's, as measured), and nothing at hits.
-    stage1 = measured[0][0]  # stage 1's tail block runs before stage 2's in every call
-    recorded = [(r.step, r.forecast_error1, r.replay_error1) for r in handle.trace]
-    expected = {step: (f, r) for e, _, step, *_, f, r in measured if e is stage1}
-    assert recorded == [(step, *expected.get(step, (None, None))) for step in range(steps)]
-    assert all(r.forecast_error2 is not None for r in handle.trace if r.step in (3, 6, 9))
-
-    handle = apply_h2_cache(pipe, H2CacheConfig(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2, forecast_residual=True))
-    assert not torch.equal(run(pipe, num_inference_steps=steps), fallback)
-    handle.remove()
-    with pytest.raises(ValueError, match="forecast_fallback = True needs H2CacheConfig.forecast_residual"):
-        H2CacheConfig(forecast_fallback=True).validate()
-
-
-def test_forecast_error_limit_tightens_the_thresholds_and_a_detail_error_tightens_both_stages(monkeypatch):
-    """Experimental `forecast_error_limit`: a stage's threshold is scaled by min(1, limit / error) after each miss.
-    A limit of 0 turns every call after the first judged miss into a miss; a limit no error reaches changes
-    nothing; since a structure hit reuses the detail stage too, a detail-stage error tightens tau1 as well,
-    unless independent_stage2 decouples the stages."""
-    from h2cache.forecast_error import ForecastError
-
-    pipe = tiny_flux_pipeline(double=3, single=4)
-    settings = dict(tau1=HUGE, tau2=HUGE, max_consecutive_hits=2, forecast_residual=True)
-    images, patterns = {}, {}
-    for name, limit in {"off": None, "zero": 0.0, "loose": 1e9}.items():
-        handle = apply_h2_cache(pipe, H2CacheConfig(**settings, forecast_error_limit=limit))
-        images[name] = run(pipe, num_inference_steps=8)
-        patterns[name] = [(r.hit1, r.hit2) for r in handle.trace]
-        handle.remove()
-    assert [h1 for h1, _ in patterns["off"]] == [False, True, True, False, True, True, False, True]
-    # Step 3's miss is the first with an earlier residual to judge; from then on the threshold is 0.
-    assert patterns["zero"] == [(False, False), (True, True), (True, True)] + [(False, False)] * 5
-    assert torch.equal(images["loose"], images["off"])
-    assert not torch.equal(images["zero"], images["off"])
-
-    def detail_only(self, limit, fallback):  # only the detail stage reports an error over the limit
-        return 0.0 if self is detail[0] else 1.0
-
-    monkeypatch.setattr(ForecastError, "threshold_scale", detail_only)
-    for independent, expected in ((False, [(False, False)] * 8),
-                                  (True, [(False, False)] + [(True, False)] * 2 + [(False, False)]
-                                   + [(True, False)] * 2 + [(False, False), (True, False)])):
-        from h2cache.hooks import H2CacheState
-        detail = []
-        real_init = H2CacheState.__init__
-
-        def init(self, real_init=real_init):
-            real_init(self)
-            detail[:] = [self.forecast_errors[1]]
-
-        monkeypatch.setattr(H2CacheState, "__init__", init)
-        handle = apply_h2_cache(pipe, H2CacheConfig(**settings, forecast_error_limit=0.5,
-                                                    independent_stage2=independent))
-        run(pipe, num_inference_steps=8)
-        assert [(r.hit1, r.hit2) for r in handle.trace] == expected
-        handle.remove()
-        monkeypatch.setattr(H2CacheState, "__init__", real_init)
-    with pytest.raises(ValueError, match="forecast_error_limit = 0.1 needs H2CacheConfig.forecast_residual"):
-        H2CacheConfig(forecast_error_limit=0.1).validate()
-    with pytest.raises(ValueError, match=r"forecast_error_limit must be None \(off\) or a finite number >= 0"):
-        H2CacheConfig(forecast_residual=True, forecast_error_limit=float("nan"))
-
-
-def test_guards_structure_only_force_stage_1_and_let_stage_2_decide():
-    """Experimental `guards_structure_only`: on warm-up and capped calls only the structure stage is forced to
-    run; the detail stage hits by its own distance (it runs its probe only, counted in real block executions);
-    the cap counts structure reuse; the final step still computes every block."""
-    pipe, per_call = _counted_pipeline()
-    stage1, total = 3, 7
-    steps = 10
-    settings = dict(tau1=HUGE, tau2=HUGE, warmup_steps=3, max_consecutive_hits=2, final_full_steps=1,
-                    num_inference_steps=steps)
-    handle = apply_h2_cache(pipe, H2CacheConfig(**settings, guards_structure_only=True))
-    run(pipe, num_inference_steps=steps)
-    records = list(handle.trace)
-    forced = [True, True, True, False, False, True, False, False, True, True]
-    assert [r.forced_full for r in records] == forced
-    assert [r.hit1 for r in records] == [not f for f in forced]
-    # Step 0 has nothing to reuse; the final step (9) is forced whole; every other forced call reuses stage 2.
-    assert [r.hit2 for r in records] == [False] + [True] * 8 + [False]
-    assert [r.forced2 for r in records] == [False, False, False, True, True, False, True, True, False, False]
-    assert [r.blocks_run for r in records] == [total, stage1 + 1, stage1 + 1, 2, 2, stage1 + 1, 2, 2, stage1 + 1, total]
-    assert per_call == [r.blocks_run for r in records]
-    handle.remove()
-
-    handle = apply_h2_cache(pipe, H2CacheConfig(**settings))  # off: the same calls are forced whole
-    run(pipe, num_inference_steps=steps)
-    assert [r.hit2 for r in handle.trace] == [not f for f in forced]
-    handle.remove()

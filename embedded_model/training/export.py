@@ -42,4 +42,27 @@ def export_pipeline(work: Path, out: Path, arch: str = "v1") -> Path:
                              timestep_shift=trained_shift(state))
     pipe.save_pretrained(out, safe_serialization=True)
     write_generation_defaults(out, call_defaults(arch, phase.size, distilled=phase.teacher is not None))
+    write_calibration_prompts(out)
     return Path(out)
+
+
+CALIBRATION_DRAW = 64  # prompts written; h2cache's calibrations use the first few
+
+
+def calibration_draw(count: int = CALIBRATION_DRAW) -> list[str]:
+    """The training-split scenes that h2cache calibrates the embedded model on (h2cache.prompt_split)."""
+    from h2cache.prompt_split import EMBEDDED_SEED
+
+    from ..scenes import sample_specs
+
+    return [s.prompt() for s in sample_specs(count, seed=EMBEDDED_SEED, held_out=False)]
+
+
+def write_calibration_prompts(out: Path) -> Path:
+    """Ship the calibration draw in the model directory, so the installed library needs no scene grammar."""
+    from h2cache.prompt_split import CALIBRATION_PROMPTS_FILE
+
+    path = Path(out) / CALIBRATION_PROMPTS_FILE
+    path.write_text("# Training-split scenes (seed 2024) that h2cache calibrates this model on; written by the "
+                    "export.\n" + "\n".join(calibration_draw()) + "\n")
+    return path

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..hook_machinery import refuse_stacking, transformer_of
+from ..hook_machinery import claim, refuse_stacking, release, transformer_of
 from .calibration import CalibrationStore, model_fingerprint, model_key
 from .meter import BlockMeter, FlopTable, MethodRecord, MethodTrace
 from .settings import Setting, validate_settings
@@ -122,6 +122,7 @@ class Method:
         except BaseException:
             meter.detach()
             raise
+        claim(transformer, f"method {self.name!r}")  # names the method, even over the library cache it uses
         return MethodHandle(self, values, meter, attachment)
 
 
@@ -165,6 +166,7 @@ class MethodHandle:
             self.attachment.remove()
         finally:
             self.meter.detach()
+            release(self.meter.transformer)
             self.removed = True
 
     def __enter__(self) -> MethodHandle:

@@ -4,8 +4,7 @@ final full steps. One rule, one set of settings, for H2-Cache and for its peers.
 The same three rules are H2CacheConfig options (``warmup_steps``, ``max_consecutive_hits``,
 ``final_full_steps``, enforced by H2-Cache's own hooks). Offering them to FirstBlockCache and TeaCache too
 (``fbcache-guarded``, ``teacache-guarded``) is what lets a benchmark tell what the guards buy from what
-H2-Cache's two stages buy. ``tests/test_methods.py`` checks that :meth:`Guards.forces_full` and H2-Cache's
-hooks decide alike for every step and streak.
+H2-Cache's two stages buy. The rule itself is :class:`h2cache.guards.Guards`, which H2-Cache's hooks read too.
 
 Example:
     >>> g = guards_from_settings({"retention_ratio": 0.2, "max_consecutive_hits": 3, "final_full_steps": 1}, 28)
@@ -20,9 +19,9 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
+from ..guards import Guards
 from .settings import Setting
 
 # Declared once, so that every guarded method offers the same settings with the same defaults. The defaults
@@ -34,49 +33,6 @@ RETENTION_RATIO = Setting("retention_ratio", float, 0.2, 0.0, 1.0,
 FINAL_FULL_STEPS = Setting("final_full_steps", int, 1, 0, None, "guard: last steps always computed")
 GUARD_SETTINGS = (MAX_CONSECUTIVE_HITS, RETENTION_RATIO, FINAL_FULL_STEPS)
 GUARD_NAMES = tuple(s.name for s in GUARD_SETTINGS)
-
-
-@dataclass(frozen=True)
-class Guards:
-    """When a call must compute every block. Steps count per cache context ('cond'/'uncond') from 0.
-
-    Args:
-        warmup_steps: the first ``warmup_steps`` steps compute.
-        max_consecutive_hits: after this many calls in a row that reused anything, the next computes (0: no cap).
-        final_full_steps: the last ``final_full_steps`` steps compute (needs ``num_inference_steps``).
-        num_inference_steps: steps of the pipeline calls to come.
-    """
-
-    warmup_steps: int = 0
-    max_consecutive_hits: int = 0
-    final_full_steps: int = 0
-    num_inference_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("warmup_steps", "max_consecutive_hits", "final_full_steps"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-                raise ValueError(f"Guards.{name} must be an integer >= 0, got {value!r}")
-        if self.final_full_steps and not (isinstance(self.num_inference_steps, int) and self.num_inference_steps >= 1):
-            raise ValueError(f"Guards.final_full_steps = {self.final_full_steps} needs num_inference_steps "
-                             f"(an integer >= 1), got {self.num_inference_steps!r}")
-
-    def forces_full(self, step: int, streak: int) -> bool:
-        """True when the call at `step`, after `streak` reusing calls in a row, must compute every block."""
-        if step < self.warmup_steps:
-            return True
-        if self.final_full_steps and step >= self.num_inference_steps - self.final_full_steps:
-            return True
-        return bool(self.max_consecutive_hits) and streak >= self.max_consecutive_hits
-
-    def h2_fields(self) -> dict[str, int]:
-        """The same guards as ``H2CacheConfig`` fields."""
-        return {"warmup_steps": self.warmup_steps, "max_consecutive_hits": self.max_consecutive_hits,
-                "final_full_steps": self.final_full_steps}
-
-    def describe(self) -> str:
-        return (f"guards: {self.warmup_steps} warm-up steps, at most {self.max_consecutive_hits or 'any'} reusing "
-                f"calls in a row, {self.final_full_steps} final full steps")
 
 
 def guards_from_settings(settings: dict[str, Any], num_inference_steps: int) -> Guards:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import H2CacheConfig
-from ..hooks import apply_h2_cache
+from ..apply import apply_h2_cache
 from .base import ApplyContext, Attachment
 from .meter import MethodRecord
 

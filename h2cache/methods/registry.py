@@ -26,6 +26,7 @@ from .fbcache_guarded import attach_fbcache_guarded
 from .guards import GUARD_SETTINGS
 from .h2 import attach_h2cache
 from .h2_guarded import attach_h2cache_guarded
+from .seacache import SEACACHE_GRID, SEACACHE_SETTINGS, SEACACHE_SUMMARY, attach_seacache
 from .settings import Setting
 from .teacache_attach import attach_teacache, attach_teacache_guarded
 
@@ -90,6 +91,7 @@ register(Method(
      Setting("max_order", int, 1, 0, 4, "order of the Taylor expansion"),
      Setting("lite", bool, False, help="lite mode: skip whole blocks, extrapolate proj_out")),
     {"cache_interval": (2, 3, 4, 6)}, attach_taylorseer))
+register(Method("seacache", SEACACHE_SUMMARY, SEACACHE_SETTINGS, SEACACHE_GRID, attach_seacache))
 # Ablations of H2-Cache, as methods so that they get their own curves.
 register(Method(
     "h2cache-no-pfs", "ablation: H2-Cache deciding on unpooled residuals (PFS off)",
@@ -123,13 +125,7 @@ _register_with_and_without_guards(
     "forecast", "forecast_residual",
     "experimental: H2-Cache whose hits add each stage's residual forecast from its last two misses",
     "experimental: the forecast with the proposal's guards",
-    extra=tuple(_H2[name] for name in ("forecast_max_factor", "forecast_probe_factor", "forecast_fallback",
-                                       "forecast_error_limit")))
-# Experimental: the guards refresh the structure stage only (the detail stage decides on those calls).
-register(Method(
-    "h2cache-guarded-structure", "experimental: the proposal's guards forcing only stage 1; stage 2 decides by tau2",
-    (_TAU1, _TAU2, _POOL1, _POOL2, *(_H2[name] for name in ("forecast_residual", "forecast_probe_factor")),
-     *GUARD_SETTINGS), _H2_GRID, attach_h2cache_guarded, fixed={"guards_structure_only": True}))
+    extra=(_H2["forecast_probe_factor"],))
 # The peers with the same guards (h2cache.methods.guards), so that what the guards buy can be told apart
 # from what H2-Cache's two stages buy; and MagCache with ratios per cache context.
 register(Method(

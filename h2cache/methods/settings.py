@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import plain_number
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -42,24 +44,22 @@ class Setting:
         return f"[{low}, {high}]"
 
     def check(self, method: str, value: Any) -> Any:
+        """`value` checked and converted once to a plain Python value (numpy and 0-d torch numbers included)."""
         where = f"{method}.{self.name}"
         if value is None and self.none_means is not None:
             return None
+        plain = plain_number(value, self.kind)
         if self.kind is bool:
-            if not isinstance(value, bool):
+            if plain is None:
                 raise ValueError(f"{where} must be true or false, got {value!r}")
-            return value
-        if self.kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            label = "an integer"
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            label = "a number"
-        ok = ok and (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+            return plain
+        label = "an integer" if self.kind is int else "a number"
+        ok = plain is not None and math.isfinite(plain)
+        ok = ok and (self.low is None or plain >= self.low) and (self.high is None or plain <= self.high)
         if not ok:
             optional = "" if self.none_means is None else " or None"
             raise ValueError(f"{where} must be {label} in {self.range_text()}{optional}, got {value!r}")
-        return float(value) if self.kind is float else value
+        return plain
 
     def parse(self, method: str, text: str) -> Any:
         """A value from the command line (``'0.1'``, ``'3'``, ``'true'``), then checked."""

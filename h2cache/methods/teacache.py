@@ -49,7 +49,7 @@ from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import BaseState
 from diffusers.utils.torch_utils import unwrap_module
 
-from ..hook_machinery import ContextStateManager, StatefulBlockHook, detach_hooks, refuse_stacking
+from ..hook_machinery import ContextStateManager, StatefulBlockHook, claim, detach_hooks, refuse_stacking, release
 from .calibration import prompt_hashes
 from .guards import Guards
 
@@ -240,6 +240,7 @@ class TeaCacheHandle:
         if self.removed:
             return
         detach_hooks(self.transformer, (_HEAD_HOOK, _BLOCK_HOOK), self._created)
+        release(self.transformer)
         self.removed = True
 
 
@@ -277,6 +278,7 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaC
         HookRegistry.check_if_exists_or_initialize(block).register_hook(
             TeaCacheBlockHook(state_manager, is_tail=position == len(blocks) - 1), _BLOCK_HOOK)
     root.invalidate_child_registries_cache()  # cache_context() must reach the new block hooks
+    claim(transformer, "TeaCache")
     return TeaCacheHandle(transformer, config, decisions, created)
 
 
