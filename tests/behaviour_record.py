@@ -7,7 +7,9 @@ change that is meant to change behaviour, and say so in the commit).
 
 Each case is one pipeline call: a prompt, a seed, a step count and an :class:`H2CacheConfig`. The record
 keeps each trace record's decision fields (distances as ``repr`` strings, so equality is exact) and the
-SHA-256 of the float32 image the pipeline returns.
+SHA-256 of the float32 image the pipeline returns, made with one thread. Bits depend on the CPU and torch,
+so the test compares bits on the recording machine (``machine()``); elsewhere, decisions exactly, distances
+to 1e-5 and the 8-bit image to one level.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 RECORD = Path(__file__).resolve().parent / "data" / "behaviour_record.json"
+IMAGES = RECORD.with_name("behaviour_images.npz")  # 8-bit copies, for machines whose float bits differ
 PROMPT = "a large red circle at the top left on a striped blue background"
 SEED = 3
 # The embedded model's pool sizes (space.yaml): stage 1 pools 256 image tokens with k = 2.
@@ -70,21 +73,39 @@ def run_case(pipe, steps: int, settings: dict[str, Any]) -> dict[str, Any]:
         decisions = _decisions(handle.trace)
     image = np.ascontiguousarray(np.asarray(image, dtype=np.float32))
     return {"decisions": decisions, "image_sha256": hashlib.sha256(image.tobytes()).hexdigest(),
-            "hits": sum(1 for d in decisions if d[3])}
+            "hits": sum(1 for d in decisions if d[3]), "image": image}
+
+
+def machine() -> str:
+    """What the bits depend on: the CPU, torch, and one thread (set by the record and the test alike)."""
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu} | {platform.machine()} | torch {torch.__version__}"
 
 
 def main() -> None:
     import h2cache
 
+    torch.set_num_threads(1)  # reductions split over threads round differently; many tests pin one thread
     torch.manual_seed(0)
     pipe = h2cache.load_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    record = {"prompt": PROMPT, "seed": SEED, "fingerprint": _fingerprint(pipe), "cases": {}}
+    record = {"prompt": PROMPT, "seed": SEED, "fingerprint": _fingerprint(pipe), "machine": machine(), "cases": {}}
+    images = {}
     for name, (steps, settings) in cases().items():
-        record["cases"][name] = {"steps": steps, "settings": settings, **run_case(pipe, steps, settings)}
+        result = run_case(pipe, steps, settings)
+        images[name] = result.pop("image")
+        record["cases"][name] = {"steps": steps, "settings": settings, **result}
         print(name, record["cases"][name]["hits"], "stage-1 hits", file=sys.stderr)
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    np.savez_compressed(IMAGES, **{name: to_uint8(image) for name, image in images.items()})
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 def _fingerprint(pipe) -> str:

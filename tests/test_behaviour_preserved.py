@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import behaviour_record as br
@@ -23,6 +24,9 @@ def pipe(recorded):
     import torch
 
     import h2cache
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as recorded
     from h2cache.methods.calibration import model_fingerprint
 
     torch.manual_seed(0)
@@ -31,7 +35,8 @@ def pipe(recorded):
     if model_fingerprint(pipe.transformer) != recorded["fingerprint"]:
         pytest.fail("the embedded weights changed since the behaviour record: rerun tests/behaviour_record.py "
                     "on the commit before the change to the method, then compare")
-    return pipe
+    yield pipe
+    torch.set_num_threads(threads)
 
 
 def test_the_record_covers_every_variant_at_28_50_and_100_steps(recorded):
@@ -47,5 +52,17 @@ def test_decisions_and_image_are_bit_for_bit_as_recorded(pipe, recorded, name):
     case = recorded["cases"][name]
     steps, settings = br.cases()[name]
     got = br.run_case(pipe, steps, settings)
-    assert got["decisions"] == case["decisions"]
-    assert got["image_sha256"] == case["image_sha256"]
+    if recorded["machine"] == br.machine():
+        assert got["decisions"] == case["decisions"]
+        assert got["image_sha256"] == case["image_sha256"]
+        return
+    # Another CPU or torch rounds differently: the same decisions, distances and image up to rounding.
+    flags = [[v for i, v in enumerate(d) if i not in (2, 4)] for d in got["decisions"]]
+    assert flags == [[v for i, v in enumerate(d) if i not in (2, 4)] for d in case["decisions"]]
+    for mine, theirs in zip(got["decisions"], case["decisions"]):
+        for i in (2, 4):
+            assert (mine[i] == "None") == (theirs[i] == "None")
+            if mine[i] != "None":
+                assert float(mine[i]) == pytest.approx(float(theirs[i]), rel=1e-5, abs=1e-7)
+    stored = np.load(br.IMAGES)[name]
+    assert np.abs(br.to_uint8(got["image"]).astype(int) - stored.astype(int)).max() <= 1

@@ -26,6 +26,19 @@ def build_wheel(tmp_path: Path) -> Path:
     return next((tmp_path / "dist").glob("h2cache-*.whl"))
 
 
+def venv_on_this_environment(venv: Path) -> Path:
+    """A new virtual environment that sees the packages of the one running the tests, which may itself be a
+    venv (``--system-site-packages`` would reach the base interpreter's packages instead). Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                         capture_output=True, text=True, timeout=60).stdout.strip()
+    # Only the running environment's package directories: never the checkout, which pytest puts on sys.path.
+    theirs = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (Path(own) / "running_environment.pth").write_text("\n".join(theirs) + "\n")
+    return python
+
+
 def test_the_wheel_is_the_library_with_its_data_and_core_dependencies(tmp_path):
     wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
@@ -51,9 +64,9 @@ def test_the_installed_library_generates_offline_from_another_directory(tmp_path
 
     wheel = build_wheel(tmp_path)  # here: a venv's own setuptools may be too old to build wheels
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+    python = venv_on_this_environment(venv)
+    # The running environment's pip installs into the new venv (which has none of its own).
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
                    check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
