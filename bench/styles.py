@@ -29,10 +29,14 @@ STYLES: dict[str, tuple[str, str]] = {
     "fbcache-guarded": ("#08306b", "h"),
     "teacache-guarded": ("#00441b", "p"),
     "magcache-per-context": ("#3f007d", "d"),
+    # The colours these had as spares, kept so that earlier plots and new ones agree.
+    "h2cache-forecast": ("#000000", "H"),
+    "h2cache-guarded-forecast": ("#ff1493", "2"),
+    "seacache": ("#006d77", "8"),
 }
 # For methods registered later without a style: colours and markers no entry above uses.
-_SPARE_COLORS = ("#000000", "#b15928", "#6a3d9a", "#ff1493", "#006d77", "#ffb000")
-_SPARE_MARKERS = ("H", "8", "1", "2", "3", "4")
+_SPARE_COLORS = ("#b15928", "#6a3d9a", "#ffb000", "#4d4d4d")
+_SPARE_MARKERS = ("1", "3", "4", "+")
 
 
 def method_style(method: str) -> tuple[str, str]:
