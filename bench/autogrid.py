@@ -46,10 +46,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from h2cache.budget_search import pick_for_share, sweep_line
-from h2cache.calibrate import BISECTIONS, COARSE_TAU1, PSNR_CAP, RATIOS
-from h2cache.compare import generate
+from h2cache.calibrate import BISECTIONS, COARSE_TAU1, RATIOS
 from h2cache.methods import CalibrationStore, FlopTable, Method, apply_method, get_method
-from h2cache.metrics import psnr
+from h2cache.scoring import ImageScorer
 
 from .spec import with_fixed
 
@@ -194,21 +193,16 @@ def holding(measure: Measure, fixed: dict[str, Any]) -> Measure:
 def pipeline_measure(pipe: Any, prompts: list[str], call_args: dict[str, Any], store: CalibrationStore,
                      flops: FlopTable | None) -> Measure:
     """Mean share of block FLOPs run (of blocks where the FLOP table does not apply) over `prompts`, seed 0,
-    and each prompt's PSNR against its uncached image (computed once, on first use)."""
+    and each prompt's PSNR against its uncached image (computed once, on first use): h2cache's one scorer."""
     steps = int(call_args["num_inference_steps"])
-    baselines: dict[str, Any] = {}
+    images = ImageScorer(pipe, prompts, (0,), call_args, eager=False)
+
+    def flops_share(handle: Any) -> float:
+        share = handle.trace.flops_share()
+        return handle.trace.blocks_share() if share is None else share
 
     def measure(method: str, settings: dict[str, Any]) -> Score:
-        if not baselines:
-            baselines.update({p: generate(pipe, p, seed=0, previews=False, **call_args).image for p in prompts})
-        shares, psnrs = [], []
-        for prompt in prompts:
-            with apply_method(pipe, method, num_inference_steps=steps, calibration=store, flops=flops,
-                              **settings) as handle:
-                image = generate(pipe, prompt, seed=0, previews=False, **call_args).image
-                share = handle.trace.flops_share()
-                shares.append(handle.trace.blocks_share() if share is None else share)
-            psnrs.append(min(psnr(baselines[prompt], image), PSNR_CAP))
-        return Score(sum(shares) / len(shares), tuple(psnrs))
+        scored = images.score(lambda: apply_method(pipe, method, num_inference_steps=steps, calibration=store,
+                                                   flops=flops, **settings), flops_share, with_ssim=False)
+        return Score(sum(scored.shares) / len(scored.shares), tuple(scored.psnrs))
 
-    return measure

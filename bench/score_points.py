@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     import h2cache
     from h2cache.methods import CalibrationStore, measure_flop_table
     from h2cache.prompt_split import read_prompts, split_prompts
+    from h2cache.scoring import PSNR_CAP
 
-    from .autogrid import PSNR_CAP, holding, pipeline_measure
+    from .autogrid import holding, pipeline_measure
 
     pipe = h2cache.load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)

@@ -40,17 +40,15 @@ from typing import Any, Iterable
 from tqdm.auto import tqdm
 
 from .budget_search import QUALITY_TIE, SHARE_TOLERANCE, pick_for_share, sweep_line
-from .compare import generate
 from .config import H2CacheConfig
 from .apply import apply_h2_cache
 from .methods.calibration import CalibrationStore, model_fingerprint, model_key, prompt_hashes
-from .metrics import psnr, ssim
 from .pipelines import generation_defaults
+from .scoring import PSNR_CAP, ImageScorer
 
 RATIOS = (1.0, 1.5, 2.25)  # tau2 / tau1 lines the search follows
 COARSE_TAU1 = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.22, 0.32, 0.45, 0.65)
 BISECTIONS = 3
-PSNR_CAP = 100.0  # identical images score this instead of infinity, so medians and JSON stay finite
 FLOORS = ("median", "worst")
 
 
@@ -132,7 +130,7 @@ def _check_budget(target_blocks: float | None, min_psnr: float | None, floor: st
 
 
 class PointScorer:
-    """Scores (tau1, tau2) pairs on prompts x seeds against uncached images computed once; counts the compute.
+    """Scores (tau1, tau2) pairs on prompts x seeds (:class:`~h2cache.scoring.ImageScorer`); counts the compute.
 
     ``call_kwargs`` are the full pipeline call arguments (with ``num_inference_steps``); ``bar`` is ticked
     once per pipeline run.
@@ -140,42 +138,21 @@ class PointScorer:
 
     def __init__(self, pipe: Any, prompts: list[str], seeds: tuple[int, ...], base: H2CacheConfig,
                  call_kwargs: dict[str, Any], bar: tqdm | None) -> None:
-        self.pipe, self.prompts, self.seeds, self.call_kwargs, self.bar = pipe, prompts, seeds, call_kwargs, bar
-        self.base = base
-        self.cost = 0.0
+        self.pipe, self.base = pipe, base
+        self.images = ImageScorer(pipe, prompts, seeds, call_kwargs, bar)
         self.points: dict[tuple[float, float], SearchPoint] = {}
-        self.baselines = {}
-        for prompt in prompts:
-            for seed in seeds:
-                self.baselines[prompt, seed] = generate(pipe, prompt, seed=seed, previews=False, **call_kwargs).image
-                self.cost += 1
-                self._tick()
 
-    def _tick(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
+    @property
+    def cost(self) -> float:
+        return self.images.cost
 
     def score(self, tau1: float, tau2: float) -> SearchPoint:
         key = (round(tau1, 6), round(tau2, 6))
         if key in self.points:
             return self.points[key]
         config = H2CacheConfig(**{**asdict(self.base), "tau1": key[0], "tau2": key[1]})
-        handle = apply_h2_cache(self.pipe, config)
-        ran = total = 0
-        psnrs, ssims, shares = [], [], []
-        try:
-            for (prompt, seed), reference in self.baselines.items():
-                image = generate(self.pipe, prompt, seed=seed, previews=False, **self.call_kwargs).image
-                ran += sum(r.blocks_run for r in handle.trace)
-                total += sum(r.blocks_total for r in handle.trace)
-                shares.append(handle.trace.blocks_share())
-                self.cost += shares[-1]
-                psnrs.append(min(psnr(reference, image), PSNR_CAP))
-                ssims.append(ssim(reference, image))
-                self._tick()
-        finally:
-            handle.remove()
-        point = SearchPoint(key[0], key[1], ran / total if total else 1.0, psnrs, ssims, shares)
+        scored = self.images.score(lambda: apply_h2_cache(self.pipe, config))
+        point = SearchPoint(key[0], key[1], scored.blocks_share, scored.psnrs, scored.ssims, scored.shares)
         self.points[key] = point
         return point
 
