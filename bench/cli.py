@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Any
 
-from h2cache.methods import METHODS
+from h2cache.methods import METHODS, get_method, list_families
 from .quality import BASES
 from .spec import DEFAULT_METHODS, DEFAULT_PROMPTS, TEXT_PROMPTS, BenchConfig, Grid, grid_points, parse_fixed, parse_grid
 from .verdicts import PEERS, SUBJECTS
@@ -16,6 +16,9 @@ from .verdicts import PEERS, SUBJECTS
 
 def _method_help() -> str:
     lines = []
+    for family, presets in list_families().items():
+        lines.append(f"  {family} (family; presets: " + ", ".join(f"{family}/{p} = {n}" for p, n in presets.items())
+                     + ")")
     for method in METHODS.values():
         lines.append(f"  {method.name}: {method.summary}")
         for s in method.settings:
@@ -24,6 +27,14 @@ def _method_help() -> str:
             grid = ":".join(f"{k}={','.join(str(v) for v in vs)}" for k, vs in method.default_grid.items())
             lines.append(f"      default grid: {method.name}:{grid}")
     return "\n".join(lines)
+
+
+def _method_name(text: str) -> str:
+    """A registry name from a registry or family/preset name, as argparse's usage error when unknown."""
+    try:
+        return get_method(text).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "--calibration-prompts-file, its last --calibration-prompts lines are held out first")
     parser.add_argument("--steps", type=int, nargs="+", default=[28], help="denoising step counts, e.g. 28 50 100")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="generator seeds per prompt")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), type=_method_name,
                         metavar="METHOD", help=f"methods to run ('none' is always run as the reference); "
-                                               f"choose from {', '.join(METHODS)}")
+                                               f"choose from {', '.join(METHODS)}, or family/preset")
     parser.add_argument("--grid", action="append", default=[], metavar="METHOD:KEY=V1,V2[:KEY=...]",
                         help="replace a method's default grid (repeatable; a method named again adds points); "
                              "values are range-checked")

@@ -380,3 +380,26 @@ def test_magcache_per_context_uses_each_context_ratios(pipe, tmp_path):
     with pytest.raises(ValueError, match="per-context magnitude ratios"):
         apply_method(pipe, "magcache-per-context", num_inference_steps=STEPS, calibration=store)
     assert getattr(pipe.transformer, "_cache_config", None) is None
+
+
+def test_every_method_is_one_preset_of_one_family_and_the_old_names_stay():
+    from h2cache.methods import FAMILIES, list_families
+
+    presets = [name for family in FAMILIES.values() for name in family.values()]
+    assert sorted(presets) == sorted(list_methods())  # each registered method, once
+    assert list(list_families())[:7] == ["none", "h2cache", "fbcache", "teacache", "magcache", "taylorseer",
+                                         "seacache"]
+    for family, named in FAMILIES.items():
+        for preset, name in named.items():
+            assert get_method(f"{family}/{preset}") is get_method(name)
+    with pytest.raises(ValueError, match=r"unknown method 'fbcache/fast'.*family/preset: .*fbcache/guarded"):
+        get_method("fbcache/fast")
+
+
+def test_the_bench_takes_family_preset_names():
+    from bench.cli import build_parser
+
+    args = build_parser().parse_args(["--methods", "none", "teacache/guarded", "h2cache"])
+    assert args.methods == ["none", "teacache-guarded", "h2cache"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--methods", "fbcache/fast"])

@@ -35,13 +35,13 @@ from .calibration import CALIBRATION_FILE, CalibrationStore, model_fingerprint, 
 from .diffusers_caches import calibrate_magcache
 from .guards import Guards
 from .meter import BlockFlops, BlockMeter, FlopTable, MethodRecord, MethodTrace, measure_flop_table
-from .registry import METHODS, apply_method, get_method, list_methods
+from .registry import FAMILIES, METHODS, apply_method, get_method, list_families, list_methods
 from .settings import Setting
 from .teacache import TeaCacheConfig, TeaCacheHandle, apply_teacache, calibrate_teacache, fit_rescale_polynomial
 
 __all__ = [
     "ApplyContext", "Attachment", "BlockFlops", "BlockMeter", "CALIBRATION_FILE", "CalibrationStore", "FlopTable", "Guards",
-    "METHODS", "Method", "MethodHandle", "MethodRecord", "MethodTrace", "Setting", "TeaCacheConfig",
+    "FAMILIES", "METHODS", "Method", "MethodHandle", "MethodRecord", "MethodTrace", "Setting", "TeaCacheConfig",
     "TeaCacheHandle", "apply_method", "apply_teacache", "calibrate_magcache", "calibrate_teacache",
-    "fit_rescale_polynomial", "get_method", "list_methods", "measure_flop_table", "model_fingerprint", "model_key",
+    "fit_rescale_polynomial", "get_method", "list_families", "list_methods", "measure_flop_table", "model_fingerprint", "model_key",
 ]

@@ -139,17 +139,49 @@ register(Method(
     _MAG_SETTINGS, _MAG_GRID, attach_magcache, fixed={"per_context_ratios": True}, calibration="magcache"))
 
 
+# What a user chooses between: a family (one caching method) and its presets. Each preset is a registered
+# method, so its registry name keeps working; "family/preset" names it too, and the family alone is its
+# first preset.
+FAMILIES: dict[str, dict[str, str]] = {
+    "none": {"uncached": "none"},
+    "h2cache": {"published": "h2cache", "guarded": "h2cache-guarded", "one-probe": "h2cache-one-probe",
+                "guarded-one-probe": "h2cache-guarded-one-probe", "forecast": "h2cache-forecast",
+                "guarded-forecast": "h2cache-guarded-forecast", "ablation-no-pfs": "h2cache-no-pfs",
+                "ablation-independent-stage2": "h2cache-independent-stage2"},
+    "fbcache": {"published": "fbcache", "guarded": "fbcache-guarded"},
+    "teacache": {"published": "teacache", "guarded": "teacache-guarded"},
+    "magcache": {"published": "magcache", "per-context": "magcache-per-context"},
+    "taylorseer": {"published": "taylorseer"},
+    "seacache": {"published": "seacache"},
+}
+ALIASES = {f"{family}/{preset}": name for family, presets in FAMILIES.items() for preset, name in presets.items()}
+
+
 def list_methods() -> list[str]:
     return list(METHODS)
 
 
+def list_families() -> dict[str, dict[str, str]]:
+    """family -> {preset: registered method name}, in the order users see them.
+
+    Example:
+        >>> list(list_families())
+        ['none', 'h2cache', 'fbcache', 'teacache', 'magcache', 'taylorseer', 'seacache']
+        >>> get_method("fbcache/guarded").name
+        'fbcache-guarded'
+    """
+    return {family: dict(presets) for family, presets in FAMILIES.items()}
+
+
 def get_method(name: str) -> Method:
+    """A method by its registry name or its ``family/preset`` name."""
     try:
-        return METHODS[name]
+        return METHODS[ALIASES.get(name, name)]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}") from None
+        raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)} "
+                         f"(or family/preset: {', '.join(ALIASES)})") from None
 
 
 def apply_method(pipe_or_transformer: Any, name: str, **kwargs: Any) -> MethodHandle:
-    """Apply a method by name; see :meth:`Method.apply` for the keyword arguments."""
+    """Apply a method by name (or ``family/preset``); see :meth:`Method.apply` for the keyword arguments."""
     return get_method(name).apply(pipe_or_transformer, **kwargs)
