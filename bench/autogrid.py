@@ -206,3 +206,5 @@ def pipeline_measure(pipe: Any, prompts: list[str], call_args: dict[str, Any], s
                                                    flops=flops, **settings), flops_share, with_ssim=False)
         return Score(sum(scored.shares) / len(scored.shares), tuple(scored.psnrs))
 
+    return measure
+
