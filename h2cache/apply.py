@@ -10,8 +10,9 @@ from diffusers.hooks import HookRegistry
 from .config import H2CacheConfig
 from .hook_machinery import (ContextStateManager, ScheduleWatch, claim, detach_hooks, install_reset, refuse_stacking,
                              release, remove_reset, transformer_of)
-from .hooks import BLOCK_HOOK, PROBE_HOOK, ROOT_HOOK, H2BlockHook, H2CacheState, H2ProbeHook, H2RootHook
+from .hooks import BLOCK_HOOK, PROBE_HOOK, ROOT_HOOK, H2BlockHook, H2CacheState, H2ProbeHook, H2RootHook, LocalPFS
 from .one_probe import OneProbeDetailProbe, OneProbeDetailTail, OneProbeState
+from .parallel import context_parallel_pfs
 from .pfs_views import PFSViews
 from .stages import StageSplit, resolve_stages
 from .trace import Trace
@@ -88,8 +89,13 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
     Raises:
         TypeError: not a pipeline or module, or `config` is not an ``H2CacheConfig``.
         ValueError: a transformer class not in ``h2cache.stages.MODEL_TABLE``, a bad ``stage_split``, options
-            that contradict each other (:meth:`H2CacheConfig.validate`), or a cache already applied.
+            that contradict each other (:meth:`H2CacheConfig.validate`) or that context parallelism cannot run
+            exactly (:func:`h2cache.parallel.refuse_options`), or a cache already applied.
         On any error the model is left untouched.
+
+    On a context-parallel transformer (``transformer.enable_parallelism(...)`` first, then this, on every rank)
+    the ranks reduce each stage's PFS sums over the group (:mod:`h2cache.parallel`): they all take the decision
+    one process would take, with the distance one process would measure.
 
     Example:
         ```python
@@ -114,6 +120,8 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
     config.validate()
     split = resolve_stages(transformer, config.stage_split)
     refuse_stacking(transformer, OWNER)
+    # Where PFS runs is chosen once: over the context-parallel group if there is one, else in this process.
+    reducer = context_parallel_pfs(transformer, config) or LocalPFS()
 
     # The one-probe option is a variant of the detail stage's hooks, chosen here once.
     one_probe = config.skip_stage2_probe_on_hit
@@ -122,14 +130,14 @@ def apply_h2_cache(pipe_or_transformer: Any, config: H2CacheConfig | None = None
     pipe = None if pipe_or_transformer is transformer else pipe_or_transformer
     created = [m for m in (transformer, *split.stage1, *split.stage2) if not hasattr(m, "_diffusers_hook")]
     root = HookRegistry.check_if_exists_or_initialize(transformer)
-    root.register_hook(H2RootHook(state_manager, trace, split.blocks_total, config, views, ScheduleWatch(pipe)),
-                       ROOT_HOOK)
+    root.register_hook(H2RootHook(state_manager, trace, split.blocks_total, config, views, ScheduleWatch(pipe),
+                                  reducer), ROOT_HOOK)
     for index, blocks in enumerate((split.stage1, split.stage2)):
         head, rest = blocks[0], blocks[1:]
         detail_variant = one_probe and index == 1
         probe = OneProbeDetailProbe if detail_variant else H2ProbeHook
         HookRegistry.check_if_exists_or_initialize(head).register_hook(
-            probe(state_manager, config, index, is_tail=not rest, views=views), PROBE_HOOK)
+            probe(state_manager, config, index, is_tail=not rest, views=views, reducer=reducer), PROBE_HOOK)
         for position, block in enumerate(rest):
             is_tail = position == len(rest) - 1
             hook = OneProbeDetailTail if detail_variant and is_tail else H2BlockHook

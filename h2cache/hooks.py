@@ -15,7 +15,9 @@ minus the probe's output, both streams). Every pipeline call starts afresh.
 
 Beside the algorithm, each behind one named seam and off by default: the guards (:mod:`h2cache.guards`),
 what a hit adds (the *residual source*: replay here, the experimental forecast in :mod:`h2cache.forecast`),
-and one probe per structure hit (:mod:`h2cache.one_probe`, which subclasses the detail stage's hooks).
+one probe per structure hit (:mod:`h2cache.one_probe`, which subclasses the detail stage's hooks), and where
+PFS is computed (the *distance reducer*: this process here; over the ranks of a context-parallel transformer,
+each holding a shard of the tokens, in :mod:`h2cache.parallel`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .block_io import Streams, add, block_inputs, block_outputs, pack_outputs, s
 from .config import H2CacheConfig
 from .guards import Guards
 from .hook_machinery import ContextStateManager, ScheduleWatch, StatefulBlockHook
+from .parallel import refuse_changed_parallelism
 from .pfs import pfs_distance, pfs_kernel, pfs_thumbnail
 from .pfs_views import PFSViews
 from .trace import StepRecord, Trace
@@ -113,6 +116,43 @@ def residual_source(config: H2CacheConfig) -> ResidualSource:
     return Replay()
 
 
+class DistanceReducer(Protocol):
+    """The seam for where PFS runs: asked for a probe signal's thumbnail and for the distance of two.
+
+    A signal is ``(B, N, C)``: ``text_tokens`` text tokens, then image tokens; ``pool_size`` None compares it
+    unpooled (``full_residual_distance``). :meth:`view` gives what a PFS view records: the signal (or a stand-in
+    with its per-token magnitudes), its image tokens, the thumbnail and the kernel.
+    """
+
+    def check(self, transformer: torch.nn.Module, config: H2CacheConfig) -> None: ...
+
+    def thumbnail(self, signal: torch.Tensor, text_tokens: int, pool_size: int | None) -> torch.Tensor: ...
+
+    def distance(self, ref: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor: ...
+
+    def view(self, signal: torch.Tensor, text_tokens: int, thumb: torch.Tensor,
+             pool_size: int | None) -> tuple[torch.Tensor, int, torch.Tensor, int]: ...
+
+
+class LocalPFS:
+    """The published reducer: the whole signal is in this process, so PFS is :mod:`h2cache.pfs` as it is."""
+
+    def check(self, transformer: torch.nn.Module, config: H2CacheConfig) -> None:
+        # Parallelism enabled after apply_h2_cache would make every rank decide on its own shard.
+        refuse_changed_parallelism(transformer, None)
+
+    def thumbnail(self, signal: torch.Tensor, text_tokens: int, pool_size: int | None) -> torch.Tensor:
+        return signal.float() if pool_size is None else pfs_thumbnail(signal, pool_size)
+
+    def distance(self, ref: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
+        return pfs_distance(ref, thumb)
+
+    def view(self, signal: torch.Tensor, text_tokens: int, thumb: torch.Tensor,
+             pool_size: int | None) -> tuple[torch.Tensor, int, torch.Tensor, int]:
+        _, n, c = signal.shape
+        return signal, n - text_tokens, thumb, 1 if pool_size is None else pfs_kernel(n, c, pool_size)
+
+
 class _StageState:
     def __init__(self) -> None:
         self.ref: torch.Tensor | None = None  # PFS thumbnail of the probe residual at the last miss
@@ -150,9 +190,11 @@ class H2RootHook(ModelHook):
     _is_stateful = True
 
     def __init__(self, state_manager: ContextStateManager, trace: Trace, blocks_total: int,
-                 config: H2CacheConfig, views: PFSViews, watch: ScheduleWatch | None = None) -> None:
+                 config: H2CacheConfig, views: PFSViews, watch: ScheduleWatch | None = None,
+                 reducer: DistanceReducer | None = None) -> None:
         super().__init__()
         self.state_manager = state_manager
+        self.reducer = reducer or LocalPFS()
         self.trace = trace
         self.views = views
         self.blocks_total = blocks_total
@@ -166,6 +208,7 @@ class H2RootHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         if self.watch.new_schedule() or self._new_run or self._in_call:
             self._check_config()
+            self.reducer.check(module, self.config)
             self.guards = Guards(self.config.warmup_steps, self.config.max_consecutive_hits,
                                  self.config.final_full_steps, self.config.num_inference_steps)
             self.state_manager.forget_states()  # the pipeline has set this call's context already
@@ -208,12 +251,13 @@ class H2ProbeHook(StatefulBlockHook):
     """On a stage's first block: run it, measure the PFS distance, and on a hit add the cached residual."""
 
     def __init__(self, state_manager: ContextStateManager, config: H2CacheConfig, stage: int, is_tail: bool,
-                 views: PFSViews | None = None) -> None:
+                 views: PFSViews | None = None, reducer: DistanceReducer | None = None) -> None:
         super().__init__(state_manager)
         self.config = config
         self.spec = STAGES[stage]
         self.is_tail = is_tail  # a one-block stage: nothing after the probe to skip
         self.views = views if views is not None else PFSViews()
+        self.reducer = reducer or LocalPFS()
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         inputs = block_inputs(self._meta, args, kwargs)
@@ -251,9 +295,10 @@ class H2ProbeHook(StatefulBlockHook):
             return None, True, True
         if spec.joint_signal and encoder_out is not None:
             signal = torch.cat([encoder_out - encoder_in, hidden_out - hidden_in], dim=1)
+            text_tokens = encoder_out.shape[1]
         else:
-            signal = hidden_out - hidden_in
-        thumb = stage.thumb = self._summarise(signal)
+            signal, text_tokens = hidden_out - hidden_in, 0
+        thumb = stage.thumb = self._summarise(signal, text_tokens)
         if forced:
             stage.hit = True
             return None, True, True
@@ -263,7 +308,7 @@ class H2ProbeHook(StatefulBlockHook):
         hit = distance is not None and distance < getattr(self.config, spec.threshold) and not state.force_full
         if self.views.enabled and state.record is not None:
             reference_step = stage.ref_step if distance is not None else None
-            self._record_view(state, signal, hidden_out.shape[1], thumb, distance, reference_step, hit)
+            self._record_view(state, signal, text_tokens, thumb, distance, reference_step, hit)
         if not hit:
             stage.ref, stage.ref_step = thumb, state.step
         stage.hit = hit
@@ -272,23 +317,24 @@ class H2ProbeHook(StatefulBlockHook):
     def _pool_size(self) -> int:
         return getattr(self.config, self.spec.pool_size)
 
-    def _record_view(self, state: H2CacheState, signal: torch.Tensor, image_tokens: int, thumb: torch.Tensor,
+    def _pooling(self) -> int | None:
+        """The pool size PFS uses, None where the ablation compares unpooled residuals."""
+        return None if self.config.full_residual_distance else self._pool_size()
+
+    def _record_view(self, state: H2CacheState, signal: torch.Tensor, text_tokens: int, thumb: torch.Tensor,
                      distance: float | None, reference_step: int | None, hit: bool) -> None:
-        _, n, c = signal.shape
-        kernel = 1 if self.config.full_residual_distance else pfs_kernel(n, c, self._pool_size())
+        signal, image_tokens, thumb, kernel = self.reducer.view(signal, text_tokens, thumb, self._pooling())
         self.views.record(step=state.step, context=self.state_manager.context_name, stage=self.spec.number,
                           signal=signal, image_tokens=image_tokens, thumbnail=thumb, pool_size=self._pool_size(),
                           kernel=kernel, distance=distance, reference_step=reference_step, hit=hit)
 
-    def _summarise(self, signal: torch.Tensor) -> torch.Tensor:
-        if self.config.full_residual_distance:
-            return signal.float()
-        return pfs_thumbnail(signal, self._pool_size())
+    def _summarise(self, signal: torch.Tensor, text_tokens: int) -> torch.Tensor:
+        return self.reducer.thumbnail(signal, text_tokens, self._pooling())
 
     @torch.compiler.disable
     def _distance(self, ref: torch.Tensor, thumb: torch.Tensor) -> float:
         # The one host sync per stage: the decision has to be a Python bool.
-        return float(pfs_distance(ref, thumb).item())
+        return float(self.reducer.distance(ref, thumb).item())
 
 
 class H2BlockHook(StatefulBlockHook):
