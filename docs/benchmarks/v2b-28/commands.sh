@@ -1,0 +1,7 @@
+# issue 32, 28 steps on a fresh held-out set (bench/prompts/embedded_fresh.txt, seeds 10 11)
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+python -m bench --steps 28 --prompts bench/prompts/embedded_fresh.txt --num-prompts 16 --seeds 10 11 --repeats 1 --warmup 1 --auto-grid 0.85 0.65 0.45 0.3 --no-lpips --no-progress --no-decision-cost --methods none h2cache fbcache fbcache-guarded teacache teacache-guarded magcache taylorseer seacache --fix pool_size_stage1=128 pool_size_stage2=22 --out runs/bench/v2b-28 > runs/bench/v2b-28.log 2>&1 &
+python -m bench --steps 28 --prompts bench/prompts/embedded_fresh.txt --num-prompts 16 --seeds 10 11 --repeats 1 --warmup 1 --auto-grid 0.85 0.65 0.45 0.3 --no-lpips --no-progress --no-decision-cost --methods none h2cache-guarded-forecast --subjects h2cache-guarded-forecast --fix pool_size_stage1=128 pool_size_stage2=22 forecast_probe_factor=true --out runs/bench/v2b-28-forecast > runs/bench/v2b-28-forecast.log 2>&1 &
+wait
+# lighter guards for the forecast (a 10% warm-up, at most 5 reusing calls in a row), the setting the third round chose
+python -m bench --steps 28 --prompts bench/prompts/embedded_fresh.txt --num-prompts 16 --seeds 10 11 --repeats 1 --warmup 1 --auto-grid 0.85 0.65 0.45 0.3 --no-lpips --no-progress --no-decision-cost --methods none h2cache-guarded-forecast --subjects h2cache-guarded-forecast --fix pool_size_stage1=128 pool_size_stage2=22 forecast_probe_factor=true retention_ratio=0.1 max_consecutive_hits=5 --out runs/bench/v2b-28-forecast-light > runs/bench/v2b-28-forecast-light.log 2>&1
