@@ -49,6 +49,7 @@ from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import BaseState
 from diffusers.utils.torch_utils import unwrap_module
 
+from ..block_io import block_inputs, block_outputs, skipped_outputs
 from ..hook_machinery import ContextStateManager, StatefulBlockHook, claim, detach_hooks, refuse_stacking, release
 from .calibration import prompt_hashes
 from .guards import Guards
@@ -133,16 +134,6 @@ def _relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
     return float(((current - previous).abs().mean() / previous.abs().mean()).item())
 
 
-def _pack(meta, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
-    if meta.return_encoder_hidden_states_index is None:
-        return hidden
-    size = max(meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) + 1
-    out = [None] * size
-    out[meta.return_hidden_states_index] = hidden
-    out[meta.return_encoder_hidden_states_index] = encoder
-    return tuple(out)
-
-
 class TeaCacheHeadHook(StatefulBlockHook):
     """On ``transformer_blocks[0]``: measure the modulated input, decide, and on a skip apply the cached residual."""
 
@@ -158,8 +149,7 @@ class TeaCacheHeadHook(StatefulBlockHook):
             self.decisions.clear()
             self._new_run = False
         meta = self._meta
-        hidden = meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
-        encoder = meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
+        hidden, encoder = block_inputs(meta, args, kwargs)
         temb = meta._get_parameter_from_args_kwargs("temb", args, kwargs)
         state: TeaCacheState = self.state_manager.get_state()
         # Computing the signal re-runs norm1 (cheap: one Linear on temb and a LayerNorm); the published
@@ -173,7 +163,7 @@ class TeaCacheHeadHook(StatefulBlockHook):
         state.compute = compute
         state.streak = 0 if compute else state.streak + 1
         if not compute:
-            return _pack(meta, hidden + state.residual, encoder)
+            return skipped_outputs(meta, True, hidden + state.residual, encoder)
         state.head_input = hidden
         return self.fn_ref.original_forward(*args, **kwargs)
 
@@ -212,12 +202,10 @@ class TeaCacheBlockHook(StatefulBlockHook):
         meta = self._meta
         state: TeaCacheState = self.state_manager.get_state()
         if not state.compute:
-            hidden = meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
-            encoder = meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
-            return _pack(meta, hidden, encoder)
+            return skipped_outputs(meta, True, *block_inputs(meta, args, kwargs))
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.is_tail and state.head_input is not None:
-            hidden_out = output[meta.return_hidden_states_index] if isinstance(output, tuple) else output
+            hidden_out, _ = block_outputs(output, meta)
             state.residual = hidden_out - state.head_input
             state.head_input = None
         return output
