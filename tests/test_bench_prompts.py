@@ -72,3 +72,12 @@ def test_stored_calibrations_made_on_benchmark_prompts_are_detected():
     assert calibration_leaks({"prompt_hashes": prompt_hashes(["A red circle"])}, bench) is True
     assert calibration_leaks({"prompt_hashes": prompt_hashes(["a green star"])}, bench) is False
     assert calibration_leaks({"ratios": [1.0]}, bench) is None  # older entries record no prompts
+
+
+def test_the_shipped_calibration_draw_is_the_scene_grammars():
+    """The embedded model's calibration_prompts.txt is exactly what its export draws from the scene grammar, so
+    the installed library calibrates on the same prompts a checkout would."""
+    from embedded_model.training.export import calibration_draw
+    from h2cache.prompt_split import embedded_calibration_prompts
+
+    assert embedded_calibration_prompts() == calibration_draw()
