@@ -151,9 +151,7 @@ class ContextStateManager(StateManager):
 
     def forget_states(self) -> None:
         """Drop every context's state but keep the current context (``reset()`` clears that too)."""
-        for state in self._state_cache.values():
-            state.reset()
-        self._state_cache.clear()
+        self._state_cache.clear()  # dropped, not reset: get_state() makes fresh ones
 
     def get_state(self) -> BaseState:
         """The state of the current context (created on first use), of the class the manager was made with."""

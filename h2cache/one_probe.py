@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .block_io import Streams, block_inputs, block_outputs, skipped_outputs, sub
+from .config import H2CacheConfig
 from .hooks import H2BlockHook, H2CacheState, H2ProbeHook
 
 
@@ -41,7 +42,7 @@ class WholeStageResidual:
 
 
 class OneProbeState(H2CacheState):
-    def __init__(self, config=None) -> None:
+    def __init__(self, config: H2CacheConfig | None = None) -> None:
         super().__init__(config)
         self.whole_detail = WholeStageResidual()
 
