@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "sample, or the worst sample (counts are reported for all three)")
     parser.add_argument("--from-results", metavar="RESULTS_JSON",
                         help="run nothing: rewrite the tables and plots of an earlier run's results.json into --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a run that stopped: keep --out's auto grid and the (prompt, seed) items its "
+                             "shards finished (written as each one ends), run the rest; refused if the settings "
+                             "differ")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (reported as not requested)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -163,7 +167,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         lpips=not args.no_lpips, plots=not args.no_plots, progress=not args.no_progress,
         decision_cost=not args.no_decision_cost, subjects=tuple(dict.fromkeys(args.subjects)),
         match_peers=tuple(dict.fromkeys(args.match_peers)), verdict_quality=args.verdict_quality,
-        command=shlex.join(["python", "-m", "bench", *argv]))
+        resume=args.resume, command=shlex.join(["python", "-m", "bench", *argv]))
 
 
 def rewrite_report(results_json: str, out: str, overrides: BenchConfig | None = None) -> dict[str, Any]:
@@ -191,7 +195,7 @@ def rewrite_report(results_json: str, out: str, overrides: BenchConfig | None = 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    from .runner import run_benchmark
+    from .runner import ResumeRefused, run_benchmark
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -201,7 +205,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         results = rewrite_report(args.from_results, config.out, config)
         print(f"[bench] rewrote {config.out}/results.md and plots from {args.from_results}")
         return results
-    results = run_benchmark(config)
+    try:
+        results = run_benchmark(config)
+    except ResumeRefused as exc:
+        parser.error(str(exc))
     if results is not None:
         print(f"[bench] wrote {config.out}/results.md, results.json, summary.csv, samples.csv"
               + (", " + ", ".join(results.get("plots", [])) if results.get("plots") else ""))

@@ -10,6 +10,7 @@ them once all are done. Without ``accelerate launch`` it is one process.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import time
@@ -221,7 +222,7 @@ def _grids_by_steps(pipe: Any, config: BenchConfig, state: Any, store: Calibrati
     from .autogrid import holding, pipeline_measure, select_grids
 
     path = out / "auto_grid.json"
-    if state.is_main_process:
+    if state.is_main_process and not _reusable_auto_grid(path, config, prompts, log):
         chosen = {}
         for steps in config.steps:
             args = _call_args(pipe, config, steps)
@@ -239,6 +240,24 @@ def _grids_by_steps(pipe: Any, config: BenchConfig, state: Any, store: Calibrati
         for method, points in auto["by_steps"][str(steps)]["grids"].items():
             grids[steps][method] = points
     return grids, auto
+
+
+def _reusable_auto_grid(path: Path, config: BenchConfig, prompts: list[str], log) -> bool:
+    """Under --resume, an auto grid chosen earlier for the same targets, prompts, methods and step counts is
+    kept: choosing it again would cost minutes and, on a busier machine, could pick other points."""
+    if not (config.resume and path.exists()):
+        return False
+    earlier = json.loads(path.read_text())
+    wanted = {str(s) for s in config.steps}
+    methods = set(config.methods) - {"none"}
+    same = (earlier.get("targets") == list(config.auto_grid) and earlier.get("prompts") == prompts
+            and wanted <= set(earlier.get("by_steps", {}))
+            and all(methods <= set(earlier["by_steps"][s]["methods"]) | set(config.grids) for s in wanted))
+    if not same:
+        raise ResumeRefused(f"--resume: {path} was chosen for other targets, prompts, methods or step counts; "
+                         "remove it (or --out elsewhere) to choose again")
+    log(f"auto grid: kept {path} (--resume)")
+    return True
 
 
 def _grid_rule(config: BenchConfig, auto: dict[str, Any] | None) -> dict[str, str]:
@@ -309,11 +328,46 @@ def _prepare(config: BenchConfig, state: Any, device: str, out: Path) -> _Setup:
     return _Setup(pipe, prompts, store, variants_by_steps, flop_tables, calibrated, auto_grid, split)
 
 
+class ResumeRefused(ValueError):
+    """--resume found a stored auto grid or checkpoint made with other settings."""
+
+
+class _Checkpoint:
+    """This process's finished (steps, prompt, seed) items, one JSON line each, appended as each ends, so a run
+    that stops (a session's end, a crash) loses at most the item it was in. The first line records what the
+    rows depend on; --resume refuses a file made with other settings."""
+
+    def __init__(self, path: Path, config: BenchConfig, setup: _Setup, world: int) -> None:
+        self.path = path
+        self.key = {"world": world, "variants": {str(s): [v.label for v in vs] for s, vs in setup.variants_by_steps.items()},
+                    "prompts": setup.prompts, "seeds": list(config.seeds), "repeats": config.repeats,
+                    "lpips": config.lpips, "call_overrides": config.call_overrides, "model": config.model}
+        self.done: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
+        if config.resume and path.exists():
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if lines and lines[0].get("key") != self.key:
+                raise ResumeRefused(f"--resume: {path} was made with other variants, prompts, seeds or repeats; "
+                                 "remove it (or --out elsewhere) to start again")
+            for line in lines[1:]:
+                self.done[(line["steps"], line["prompt_index"], line["seed"])] = line["rows"]
+        else:
+            path.write_text(json.dumps({"key": self.key}) + "\n")
+
+    def add(self, steps: int, prompt_index: int, seed: int, rows: list[dict[str, Any]]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"steps": steps, "prompt_index": prompt_index, "seed": seed, "rows": rows}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def _run_items(config: BenchConfig, setup: _Setup, items: list[tuple[int, int]], rank: int,
-               world: int) -> list[dict[str, Any]]:
-    """Every (steps, prompt, seed, variant) of this process's share, timed `config.repeats` times."""
+               world: int, checkpoint: _Checkpoint) -> list[dict[str, Any]]:
+    """Every (steps, prompt, seed, variant) of this process's share not already in `checkpoint`, timed
+    `config.repeats` times."""
     pipe, prompts, store = setup.pipe, setup.prompts, setup.store
-    total = sum(config.warmup + len(items) * len(setup.variants_by_steps[s]) * config.repeats for s in config.steps)
+    todo = {s: [it for it in items if (s, *it) not in checkpoint.done] for s in config.steps}
+    total = sum((config.warmup if todo[s] else 0) + len(todo[s]) * len(setup.variants_by_steps[s]) * config.repeats
+                for s in config.steps)
     bar = tqdm(total=total, desc=f"bench {rank + 1}/{world}", position=rank, dynamic_ncols=True,
                disable=not config.progress)
     rows: list[dict[str, Any]] = []
@@ -321,17 +375,22 @@ def _run_items(config: BenchConfig, setup: _Setup, items: list[tuple[int, int]],
         args = _call_args(pipe, config, steps)
         flops = setup.flops_for(args)
         reference, *variants = setup.variants_by_steps[steps]
-        if config.warmup:
+        if config.warmup and todo[steps]:
             measure(pipe, reference, prompts[0], config.seeds[0], args, flops, store, config.warmup, bar.update)
         for prompt_index, seed in items:
+            if (steps, prompt_index, seed) in checkpoint.done:
+                rows.extend(checkpoint.done[(steps, prompt_index, seed)])
+                continue
             prompt = prompts[prompt_index]
             base, _ = measure(pipe, reference, prompt, seed, args, flops, store, config.repeats, bar.update)
-            rows.append(_row(reference, steps, prompt_index, prompt, seed, base, base, "uncached", config.lpips))
+            item = [_row(reference, steps, prompt_index, prompt, seed, base, base, "uncached", config.lpips)]
             for variant in variants:
                 bar.set_postfix_str(f"{steps} steps, prompt {prompt_index}, {variant.label}", refresh=False)
                 runs, description = measure(pipe, variant, prompt, seed, args, flops, store, config.repeats,
                                             bar.update)
-                rows.append(_row(variant, steps, prompt_index, prompt, seed, runs, base, description, config.lpips))
+                item.append(_row(variant, steps, prompt_index, prompt, seed, runs, base, description, config.lpips))
+            checkpoint.add(steps, prompt_index, seed, item)
+            rows.extend(item)
     bar.close()
     return rows
 
@@ -368,7 +427,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any] | None:
     shards = out / "shards"
     if state.is_main_process:
         shards.mkdir(parents=True, exist_ok=True)
-        for old in shards.glob("rank*.json"):
+        for old in [*shards.glob("rank*.json"), *([] if config.resume else shards.glob("rank*.partial.jsonl"))]:
             old.unlink()
     state.wait_for_everyone()
 
@@ -379,8 +438,9 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any] | None:
         decision_cost = _decision_cost(setup.pipe, next(iter(setup.flop_tables.values())), device,
                                        fixed=config.fixed)
     items = [(i, seed) for i in range(len(setup.prompts)) for seed in config.seeds]
+    checkpoint = _Checkpoint(shards / f"rank{rank}.partial.jsonl", config, setup, world)
     with state.split_between_processes(items) as mine:
-        rows = _run_items(config, setup, list(mine), rank, world)
+        rows = _run_items(config, setup, list(mine), rank, world, checkpoint)
     with open(shards / f"rank{rank}.json", "w") as f:
         json.dump({"rank": rank, "world": world, "rows": rows}, f)
     state.wait_for_everyone()

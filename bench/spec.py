@@ -85,6 +85,7 @@ class BenchConfig:
     subjects: tuple[str, ...] = SUBJECTS  # methods under test in the verdicts
     match_peers: tuple[str, ...] = PEERS  # peers whose fronts they are compared with (those that ran)
     verdict_quality: str = "mean"  # mean | median | worst (quality.BASES)
+    resume: bool = False  # keep <out>/shards/*.partial.jsonl and the auto grid; run only what they lack
     command: str = "python -m bench"  # as typed, for the report
 
 

@@ -367,3 +367,43 @@ def test_score_points_scores_settings_on_calibration_prompts_only(capsys):
         with pytest.raises(SystemExit):
             main([bad])
         assert reason in capsys.readouterr().err
+
+
+def test_resume_runs_only_the_items_a_stopped_run_lacks(tiny_model_dir, prompts_file, tmp_path, monkeypatch,
+                                                        capsys):
+    import bench.runner as runner
+    from bench import main
+
+    def args(out, *extra):
+        return ["--model", str(tiny_model_dir), "--prompts", str(prompts_file), "--steps", "5", "--seeds", "0", "1",
+                "--height", "16", "--width", "16", "--max-sequence-length", "16", "--repeats", "1",
+                "--warmup", "0", "--methods", "none", "h2cache", "fbcache", "--auto-grid", "0.6",
+                "--auto-grid-prompts", "1", "--calibration-prompts", "2", "--calibration", str(tmp_path / "cal.json"),
+                "--no-lpips", "--no-progress", "--no-plots", "--no-decision-cost", "--out", str(out), *extra]
+
+    whole = main(args(tmp_path / "whole"))
+    items = 2 * 2  # prompts x seeds
+    per_item = len(whole["rows"]) // items
+    real, calls = runner.measure, []
+
+    def stopping(*a, **k):  # the session ends in the third item
+        calls.append(a[1].label)
+        if len(calls) == 2 * per_item + 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "measure", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        main(args(tmp_path / "stopped"))
+    partial = tmp_path / "stopped" / "shards" / "rank0.partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 1 + 2  # the key, then two finished items
+
+    with pytest.raises(SystemExit):  # other settings: refused, not mixed
+        main(args(tmp_path / "stopped", "--resume", "--seeds", "0", "1", "2"))
+    assert "was made with other variants, prompts, seeds" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(runner, "measure", lambda *a, **k: (calls.append(a[1].label), real(*a, **k))[1])
+    resumed = main(args(tmp_path / "stopped", "--resume"))
+    assert len(calls) == 2 * per_item  # the two missing items, nothing else (the auto grid was kept too)
+    assert without_times(resumed["rows"]) == without_times(whole["rows"])
+    assert not (tmp_path / "stopped" / "shards").exists()
