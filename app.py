@@ -29,15 +29,15 @@ from starlette.middleware import Middleware
 
 from h2cache.metrics import lpips_availability
 
-from ui.gpu import zero_gpu_active
+from ui.job import zero_gpu_active
 from ui.layout import build_demo
-from ui.memory import limit_heap_arenas
+from ui.serving import limit_heap_arenas
 from ui.models import ModelRegistry
 from ui.preview_store import PREVIEWS
-from ui.queue_guard import harden_queue
-from ui.request_guard import RequestGuard
-from ui.server_address import server_address
-from ui.validation import OPTION_INPUTS
+from ui.serving import harden_queue
+from ui.serving import RequestGuard
+from ui.serving import server_address
+from ui.validation import APP_OPTIONS, OPTION_INPUTS
 from ui.settings import DEFAULT_SETTINGS_PATH, AppSettings, load_settings
 
 ROOT = Path(__file__).resolve().parent
@@ -48,7 +48,7 @@ log = logging.getLogger("h2cache.app")
 PAGE_HANDLERS = ("show_step", "on_model_change", "load_example", "apply_target", "apply_target_for_model",
                  "report_target")
 # Calls that send only the first ten inputs get the H2CacheConfig options at the library's defaults (off).
-OPTION_DEFAULTS = tuple(f.default for f in OPTION_INPUTS)
+OPTION_DEFAULTS = (*(f.default for f in OPTION_INPUTS), *APP_OPTIONS.values())
 # Sessions whose state Gradio keeps (least recently used first out). Each holds only a small key, but
 # Gradio's own per-session record is ~66 KB with this page's components. The preview store behind the
 # keys holds only the last dozen or so comparisons, so older sessions would have nothing left to show anyway.
@@ -82,7 +82,7 @@ def create_app(settings: AppSettings | None = None, registry: ModelRegistry | No
 
 
 def main() -> None:
-    limit_heap_arenas()  # before Gradio starts its worker threads (ui/memory.py)
+    limit_heap_arenas()  # before Gradio starts its worker threads (ui/serving.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     demo, settings, _ = create_app()
     host, port = server_address(settings.host, settings.port)

@@ -129,14 +129,19 @@ def generate(pipe: Any, prompt: str, *, seed: int, name: str = "run", previews: 
 
 
 def run_comparison(pipe: Any, prompt: str, *, seed: int, config: H2CacheConfig, previews: bool = True,
-                   record_pfs: bool = False, progress: ProgressFn | None = None, **kwargs: Any) -> Comparison:
+                   record_pfs: bool = False, progress: ProgressFn | None = None, baseline: RunResult | None = None,
+                   **kwargs: Any) -> Comparison:
     """Baseline, then H2-Cache with the same seed; the cache is removed afterwards, even on error.
 
     With `record_pfs`, the H2-Cache run also keeps what PFS compared at every step (``cached.pfs``,
     see :mod:`h2cache.pfs_views`); that adds a few small tensor copies per step to its timed call.
+    A `baseline` from an earlier call with the same pipeline, prompt, seed and arguments is used as it is
+    (its ``seconds`` are those it took then) instead of running the uncached call again.
     """
     with pipeline_lock(pipe):
-        baseline = generate(pipe, prompt, seed=seed, name="baseline", previews=previews, progress=progress, **kwargs)
+        if baseline is None:
+            baseline = generate(pipe, prompt, seed=seed, name="baseline", previews=previews, progress=progress,
+                                **kwargs)
         handle = apply_h2_cache(pipe, config)
         if record_pfs:
             handle.pfs.enable()

@@ -113,9 +113,11 @@ def test_the_readme_ten_argument_call_still_works_with_the_options_off(client):
 
 def test_the_options_are_api_parameters_with_the_librarys_defaults(client):
     parameters = client.view_api(return_format="dict")["named_endpoints"]["/generate"]["parameters"]
+    *parameters, reuse = parameters  # the app's own switch comes after the cache's options
     assert [p["parameter_name"] for p in parameters][-len(OPTIONS):] == list(OPTIONS)
     for p in parameters[-len(OPTIONS):]:
         assert p["parameter_has_default"] and p["parameter_default"] == getattr(H2CacheConfig(), p["parameter_name"])
+    assert reuse["parameter_name"] == "reuse_baseline" and reuse["parameter_default"] is True
 
 
 def test_the_options_reach_the_cache(client):

@@ -22,16 +22,15 @@ from h2cache.metrics import compare_images, lpips_availability
 from h2cache.trace import StepRecord
 
 from ui.callbacks import OUTPUT_FIELDS, make_generate, make_model_change, show_step
-from ui.difference import difference_map
-from ui.gpu import on_gpu
-from ui.metrics_table import format_lpips, format_psnr, format_ssim
+from ui.views import difference_map
+from ui.job import on_gpu
+from ui.views import format_lpips, format_psnr, format_ssim
 from ui.models import ModelRegistry
 from ui.plots.distances import GUARD_LABEL
 from ui.preview_store import PREVIEWS, PreviewStore, reduce_preview
 from ui.scrubber import step_view
-from ui.server_address import server_address
 from ui.settings import SettingsError, load_settings
-from ui.trace_view import computed_mask, decision_text, guard_forced, shown_context
+from ui.views import computed_mask, decision_text, guard_forced, shown_context
 from ui.validation import INPUT_FIELDS, make_validator
 
 from embedded_facts import EMBEDDED
@@ -63,7 +62,7 @@ def generate(settings, registry):
 def request(**overrides):
     options = {name: getattr(H2CacheConfig(), name) for name in OPTIONS}  # off, as in the library
     values = dict(prompt=PROMPT, model="embedded", seed=0, steps=STEPS, width=64, height=64, tau1=0.0, tau2=0.0,
-                  pool_size_stage1=2048, pool_size_stage2=384, **options)
+                  pool_size_stage1=2048, pool_size_stage2=384, reuse_baseline=True, **options)
     values.update(overrides)
     return [values[name] for name in INPUT_FIELDS]
 
@@ -128,11 +127,73 @@ def test_cached_run_outputs_agree_with_each_other(cached, registry):
 
 def test_both_runs_report_per_step_progress(generate):
     seen: list[tuple[float, str | None]] = []
-    generate(*request(steps=4), progress=lambda fraction, desc=None: seen.append((fraction, desc)))
+    generate(*request(steps=4, reuse_baseline=False), progress=lambda fraction, desc=None: seen.append((fraction, desc)))
     steps = [desc for _, desc in seen if desc and "run: step" in desc]
     assert steps == [f"Baseline run: step {i}/4" for i in range(1, 5)] + [f"H2-Cache run: step {i}/4" for i in range(1, 5)]
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_a_threshold_change_reuses_the_baseline_and_the_cached_side_equals_a_full_rerun(generate):
+    from ui.job import BASELINES
+
+    BASELINES.clear()
+    steps_seen: list[str] = []
+
+    def progress(fraction, desc=None):
+        steps_seen.append(desc or "")
+
+    first = dict(zip(OUTPUT_FIELDS, generate(*request(seed=11, tau1=0.3, tau2=0.3), progress=progress)))
+    assert first["details"]["baseline_reused"] is False and "reused" not in first["summary"]
+    steps_seen.clear()
+    second = dict(zip(OUTPUT_FIELDS, generate(*request(seed=11, tau1=0.6, tau2=0.6), progress=progress)))
+    assert not any(d.startswith("Baseline run: step") for d in steps_seen)  # the uncached run did not run
+    assert "Baseline reused from an earlier run" in steps_seen
+    assert second["details"]["baseline_reused"] is True and "**reused**" in second["summary"]
+    assert "reused" in table(second)["Wall time"][0]
+    assert second["details"]["seconds"]["baseline"] == first["details"]["seconds"]["baseline"]  # the time it took then
+    assert np.array_equal(second["baseline_image"], first["baseline_image"])
+    # the cached side is what a comparison that runs everything gives
+    fresh = dict(zip(OUTPUT_FIELDS, generate(*request(seed=11, tau1=0.6, tau2=0.6, reuse_baseline=False),
+                                             progress=progress)))
+    assert fresh["details"]["baseline_reused"] is False
+    assert np.array_equal(fresh["cached_image"], second["cached_image"])
+    assert np.array_equal(fresh["baseline_image"], second["baseline_image"])
+    assert fresh["details"]["trace"] == second["details"]["trace"]
+    # anything the uncached image depends on is in the key: another seed, size or step count runs it again
+    for change in ({"seed": 12}, {"width": 32}, {"steps": STEPS - 1}, {"prompt": PROMPT + " again"}):
+        out = dict(zip(OUTPUT_FIELDS, generate(*request(**{"seed": 11, "tau1": 0.6, "tau2": 0.6, **change}))))
+        assert out["details"]["baseline_reused"] is False, change
+
+
+def test_the_baseline_store_stays_within_its_bounds_over_many_prompts(generate):
+    from ui.job import BASELINE_STORE_BYTES, BASELINE_STORE_ITEMS, BASELINES
+
+    BASELINES.clear()
+    sizes = []
+    for i in range(50):
+        generate(*request(prompt=f"{PROMPT} {i}", steps=2, width=32, height=32, tau1=0.5, tau2=0.5))
+        sizes.append(BASELINES.nbytes)
+        assert len(BASELINES) <= BASELINE_STORE_ITEMS and BASELINES.nbytes <= BASELINE_STORE_BYTES
+    assert len(BASELINES) == BASELINE_STORE_ITEMS and sizes[-1] == sizes[BASELINE_STORE_ITEMS - 1]
+    # the most recent prompt is kept, the first long gone
+    last = dict(zip(OUTPUT_FIELDS, generate(*request(prompt=f"{PROMPT} 49", steps=2, width=32, height=32))))
+    first = dict(zip(OUTPUT_FIELDS, generate(*request(prompt=f"{PROMPT} 0", steps=2, width=32, height=32))))
+    assert last["details"]["baseline_reused"] is True and first["details"]["baseline_reused"] is False
+
+
+def test_the_byte_bound_evicts_the_oldest_entries():
+    from ui.preview_store import ByteLRU
+
+    store = ByteLRU(max_bytes=100, max_items=3)
+    for key in "abc":
+        store.put(key, key.upper(), 40)
+    assert len(store) == 2 and store.get("a") is None and store.get("b") == "B"  # 120 bytes > 100: "a" went
+    store.put("d", "D", 10)
+    store.put("e", "E", 10)
+    assert store.get("c") is None and len(store) == 3 and store.nbytes == 60  # 4 items > 3: "c" (least used) went
+    store.put("huge", "H", 1000)
+    assert len(store) == 1 and store.get("huge") == "H"  # the newest stays even alone over the budget
 
 
 def test_lpips_is_a_number_or_na_with_the_libraries_reason(exact):
@@ -542,15 +603,6 @@ def test_space_yaml_is_read_and_checked(settings, tmp_path):
         load_settings(broken)
 
 
-def test_server_address_follows_local_space_and_env_rules():
-    assert server_address("127.0.0.1", 7860, {}) == ("127.0.0.1", 7860)
-    assert server_address("127.0.0.1", 7860, {"SPACE_ID": "user/h2cache"}) == ("0.0.0.0", 7860)
-    env = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8123"}
-    assert server_address("127.0.0.1", 7860, env) == ("0.0.0.0", 8123)
-    with pytest.raises(ValueError, match="GRADIO_SERVER_PORT"):
-        server_address("127.0.0.1", 7860, {"GRADIO_SERVER_PORT": "http"})
-
-
 def test_gpu_work_goes_through_spaces_gpu_when_available(monkeypatch):
     def work():
         return 42
@@ -615,10 +667,3 @@ def test_computed_mask_draws_what_each_record_says_ran():
     assert decision_text(forced) == "computed everything (forced by a guard)"
     two = h2cache.Trace([StepRecord(0, "cond"), StepRecord(0, "uncond")])
     assert shown_context(two) == ("cond", "context 'cond' ('uncond' not shown)")
-
-
-@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
-def test_heap_arena_limit_is_accepted_by_glibc():
-    from ui.memory import limit_heap_arenas
-
-    assert limit_heap_arenas() is True

@@ -16,21 +16,16 @@ from matplotlib.figure import Figure
 
 import h2cache
 
-from .difference import difference_map
-from .cancellation import ClientGone, StoppableProgress, event_probe, exclusive_run, on_model_thread
-from .details import comparison_details
-from .gpu import on_gpu
-from .job import JobResult, register_models, run_job
-from .memory import release_free_memory
-from .metrics_table import metrics_rows, summary_markdown
+from .job import JobResult, on_gpu, register_models, run_job
 from .models import ModelRegistry
 from .plots.compute_map import compute_map_figure
 from .plots.distances import distance_figure
 from .scrubber import pfs_view, scrubber_slider, scrubber_state, step_view
+from .serving import ClientGone, StoppableProgress, event_probe, exclusive_run, on_model_thread, release_free_memory
 from .settings import AppSettings
 from .target_mode import MANUAL_TEXT, MODES, calibrated_thresholds
-from .trace_view import computed_mask, guard_forced, shown_context
-from .validation import CONFIG_INPUTS, RUN_FIELDS, ComparisonRequest, validate_request
+from .views import comparison_details, computed_mask, difference_map, guard_forced, metrics_rows, shown_context, summary_markdown
+from .validation import APP_OPTIONS, CONFIG_INPUTS, RUN_FIELDS, ComparisonRequest, validate_request
 
 log = logging.getLogger("h2cache.app")
 
@@ -76,12 +71,12 @@ def build_outputs(request: ComparisonRequest, result: JobResult, registry: Model
     preview_b, preview_c, caption = step_view(state, request.steps)
     pfs1, pfs2, table = pfs_view(state, request.steps)
     return GenerateOutputs(
-        summary=summary_markdown(comparison, quality),
+        summary=summary_markdown(comparison, quality, result.baseline_reused),
         baseline_image=baseline,
         cached_image=cached,
         before_after=(baseline, cached),
         difference=difference_map(baseline, cached, diff_gain),
-        metrics=metrics_rows(comparison, quality),
+        metrics=metrics_rows(comparison, quality, result.baseline_reused),
         stage1_plot=distance_figure(records, 1, comparison.config.tau1, note),
         stage2_plot=distance_figure(records, 2, comparison.config.tau2, note),
         compute_map=compute_map_figure(computed_mask(records, *split), split[0], note, guard_forced(records)),
@@ -92,7 +87,7 @@ def build_outputs(request: ComparisonRequest, result: JobResult, registry: Model
         pfs_stage1=pfs1,
         pfs_stage2=pfs2,
         pfs_table=table,
-        details=comparison_details(request, comparison, quality),
+        details=comparison_details(request, comparison, quality, result.baseline_reused),
         scrub_state=state,
     )
 
@@ -166,15 +161,16 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
 
 def _generate_signature() -> inspect.Signature:
     """The generate endpoint's parameters, from INPUT_FIELDS: H2CacheConfig's inputs as the library declares
-    them (options with their defaults), then Gradio's progress tracker."""
+    them (options with their defaults), the app's own switches, then Gradio's progress tracker."""
     arg = inspect.Parameter.POSITIONAL_OR_KEYWORD
     run = [inspect.Parameter(name, arg, annotation=str if name in ("prompt", "model") else float)
            for name in RUN_FIELDS]
     config = [inspect.Parameter(f.name, arg, annotation=bool if f.kind is bool else float,
                                 **({"default": f.default} if f.role == "option" else {}))
               for f in CONFIG_INPUTS]
+    app = [inspect.Parameter(name, arg, annotation=bool, default=default) for name, default in APP_OPTIONS.items()]
     progress = inspect.Parameter("progress", arg, default=gr.Progress(), annotation=gr.Progress)
-    return inspect.Signature([*run, *config, progress], return_annotation=tuple)
+    return inspect.Signature([*run, *config, *app, progress], return_annotation=tuple)
 
 
 GENERATE_SIGNATURE = _generate_signature()

@@ -9,14 +9,43 @@ import gradio as gr
 from h2cache import ConfigField, config_fields
 from h2cache.pipelines import EMBEDDED
 
-from .about import about_markdown
 from .callbacks import OUTPUT_FIELDS, SCRUB_OUTPUTS, make_apply_target, make_generate, make_model_change, show_step
-from .metrics_table import HEADERS
 from .pfs_panel import EMPTY_TABLE
 from .target_mode import MANUAL_TEXT, MODES, target_report
 from .models import ModelRegistry
 from .settings import AppSettings, Limits
-from .validation import OPTION_INPUTS, app_bounds, make_validator
+from .validation import APP_OPTIONS, OPTION_INPUTS, app_bounds, make_validator
+from .views import HEADERS
+
+ABOUT = """
+**What H2-Cache does.** A diffusion transformer runs all of its blocks at every denoising step,
+although from one step to the next many blocks change their output only a little. H2-Cache
+skips blocks whose work can be reused, in two stages: the early blocks that settle the layout
+(stage 1, *structure*) and the later blocks that refine detail (stage 2, *detail*).
+
+**How it decides.** Each stage first runs only its first block, the *probe*. The change this
+block makes to the features is average-pooled into a small thumbnail (*pooled feature
+summarization*, PFS) and compared with the thumbnail from the last step where the stage ran in
+full. If the relative L1 distance is below the stage's threshold (τ1 or τ2), the rest of the
+stage is skipped and the residual it added last time is added again. When stage 1 is reused,
+stage 2 is reused as well without measuring (a *forced* hit), so such a step costs only the two
+probe blocks.
+
+**Options (under Advanced, off by default).** Three *guards* make a step compute every block
+whatever the distances say: the first steps (warm-up), the last steps, and the step after a run
+of reusing steps (a cap on consecutive hits). The plots mark these steps as forced by a guard.
+*One probe per stage-1 hit* skips stage 2's probe as well, so a reused step costs one block.
+
+**The trade-off.** Larger thresholds reuse more and run faster, but the image drifts further from
+the uncached baseline. With both thresholds at 0 nothing is reused and the two images are
+identical. The plots below show every decision; the step scrubber shows where the cached run
+departs from the baseline.
+"""
+
+
+def about_markdown(model_label: str, stage_split: str) -> str:
+    return f"{ABOUT}\n**Loaded model:** {model_label}  \n**Stage split:** {stage_split}\n"
+
 
 IMAGE_HEIGHT = 256
 STATE_TTL_SECONDS = 3600
@@ -92,6 +121,12 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                         made = {f.name: config_input(f, limits, f.default) for f in counts}
                     made.update({f.name: config_input(f, limits, f.default) for f in OPTION_INPUTS if f not in counts})
                     options = [made[f.name] for f in OPTION_INPUTS]  # INPUT_FIELDS order
+                    gr.Markdown("The app:")
+                    reuse = gr.Checkbox(label="Reuse the baseline", value=APP_OPTIONS["reuse_baseline"],
+                                        elem_id="reuse_baseline",
+                                        info="a click that changes only H2-Cache's settings takes the uncached run "
+                                             "from the last one with the same model, prompt, seed, size and steps "
+                                             "(its time is the time it took then); off: run it again, for timing")
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2, min_width=480):
                 c["summary"] = gr.Markdown("Press **Generate** to compare.", label="Summary", elem_id="summary")
@@ -141,7 +176,7 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
         # dropped after an hour, even for API sessions, which are never closed.
         c["scrub_state"] = gr.State(time_to_live=STATE_TTL_SECONDS)
 
-        inputs = [prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2, *options]  # INPUT_FIELDS order
+        inputs = [prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2, *options, reuse]  # INPUT_FIELDS order
         generated = gr.on(
             triggers=[generate_button.click, prompt.submit],
             fn=make_generate(settings, registry),

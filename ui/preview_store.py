@@ -1,4 +1,5 @@
-"""Step previews kept on the server for the scrubber, within a fixed memory budget.
+"""Step previews kept on the server for the scrubber, within a fixed memory budget (and the byte-bounded LRU
+map it and the baseline store share).
 
 Sessions never hold the images themselves: a session's state holds a key into this store. Previews
 are kept PNG-compressed (lossless; a step is decoded when it is shown), and stored comparisons are
@@ -9,7 +10,7 @@ Example:
     >>> import numpy as np
     >>> store = PreviewStore(max_bytes=10_000)
     >>> key = store.put([np.zeros((8, 8, 3), np.uint8)], [np.ones((8, 8, 3), np.uint8)])
-    >>> store.steps(key), store.step(key, 0)[1].max()
+    >>> store.steps(key), int(store.step(key, 0)[1].max())
     (1, 1)
 """
 
@@ -57,14 +58,61 @@ def _array(png: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+class ByteLRU:
+    """Thread-safe least-recently-used map bounded by the bytes its values are said to take (and, if given, by
+    a number of entries); the newest entry is kept even when it alone is over the budget."""
+
+    def __init__(self, max_bytes: int, max_items: int | None = None) -> None:
+        self.max_bytes, self.max_items = max_bytes, max_items
+        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key)[1]
+            self._items[key] = (value, int(size))
+            self._bytes += int(size)
+            while len(self._items) > 1 and (self._bytes > self.max_bytes
+                                            or (self.max_items is not None and len(self._items) > self.max_items)):
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
+
+    def get(self, key: Any) -> Any | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class PreviewStore:
     """Thread-safe, byte-bounded, least-recently-used store of each comparison's step previews."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, Entry] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._lru = ByteLRU(max_bytes)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._lru.max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        self._lru.max_bytes = value
 
     def put(self, baseline: list[np.ndarray], cached: list[np.ndarray], extras: list[Any] | None = None,
             extras_bytes: int = 0) -> str:
@@ -73,23 +121,11 @@ class PreviewStore:
         encoded = ([_png(reduce_preview(x)) for x in baseline], [_png(reduce_preview(x)) for x in cached])
         size = sum(len(x) for run in encoded for x in run) + int(extras_bytes)
         key = secrets.token_urlsafe(12)
-        with self._lock:
-            self._items[key] = (encoded, extras, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes and len(self._items) > 1:
-                _, (_, _, dropped) = self._items.popitem(last=False)
-                self._bytes -= dropped
+        self._lru.put(key, (encoded, extras, size), size)
         return key
 
     def _entry(self, key: object) -> Entry | None:
-        if not isinstance(key, str):
-            return None
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            return item
+        return self._lru.get(key) if isinstance(key, str) else None
 
     def _encoded(self, key: object) -> Encoded | None:
         entry = self._entry(key)
@@ -116,10 +152,10 @@ class PreviewStore:
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return self._lru.nbytes
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._lru)
 
 
 PREVIEWS = PreviewStore()

@@ -11,7 +11,7 @@ from h2cache.compare import Comparison
 
 from .pfs_panel import EMPTY_TABLE, compact_views, pfs_table, stage_picture, views_nbytes
 from .preview_store import PREVIEWS, PreviewStore
-from .trace_view import decision_text, shown_context
+from .views import decision_text, shown_context
 
 EMPTY_CAPTION = "Run a comparison to scrub through its steps."
 EXPIRED_CAPTION = ("The step images of this comparison are no longer kept (the server keeps only the most recent "

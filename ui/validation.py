@@ -21,9 +21,11 @@ from .settings import AppSettings, Limits
 CONFIG_INPUTS: tuple[ConfigField, ...] = config_fields("published") + config_fields("option")
 OPTION_INPUTS: tuple[ConfigField, ...] = config_fields("option")
 RUN_FIELDS = ("prompt", "model", "seed", "steps", "width", "height")
+# Switches of the app itself (not of the cache), with their defaults: they come after the config's options.
+APP_OPTIONS: dict[str, bool] = {"reuse_baseline": True}
 # Order of the generate endpoint's inputs; the validator returns one gr.validate per entry.
-# The options come last, so API callers that send only the first ten still work.
-INPUT_FIELDS = (*RUN_FIELDS, *(f.name for f in CONFIG_INPUTS))
+# The options come last, so API callers that send only the first ten (or fourteen) still work.
+INPUT_FIELDS = (*RUN_FIELDS, *(f.name for f in CONFIG_INPUTS), *APP_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class ComparisonRequest:
     width: int
     height: int
     settings: tuple[tuple[str, Any], ...]  # (name, value) in CONFIG_INPUTS order
+    reuse_baseline: bool = APP_OPTIONS["reuse_baseline"]  # take the uncached run from the store when it holds it
 
     def config(self) -> H2CacheConfig:
         # num_inference_steps is what final_full_steps counts back from; it changes nothing else.
@@ -162,6 +165,8 @@ def find_problems(settings: AppSettings, allowed_models: list[str], values: dict
             continue
         check = _real if f.kind is float else _whole
         clean[f.name] = check(value, f.name, *bounds, problems)
+    for name, default in APP_OPTIONS.items():
+        clean[name] = _flag(values.get(name, default), name, problems)
     return problems, {k: v for k, v in clean.items() if k not in problems}
 
 
@@ -185,7 +190,8 @@ def validate_request(settings: AppSettings, allowed_models: list[str], values: d
     if problems:
         raise gr.Error("Invalid input: " + "; ".join(problems.values()), title="Invalid input")
     run = {name: clean[name] for name in RUN_FIELDS}
-    return ComparisonRequest(**run, settings=tuple((f.name, clean[f.name]) for f in CONFIG_INPUTS))
+    return ComparisonRequest(**run, settings=tuple((f.name, clean[f.name]) for f in CONFIG_INPUTS),
+                             **{name: clean[name] for name in APP_OPTIONS})
 
 
 def make_validator(settings: AppSettings, allowed_models: list[str]):

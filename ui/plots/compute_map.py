@@ -15,10 +15,10 @@ REUSED, COMPUTED = "#e8eef7", "#1f4e9c"
 
 def compute_map_figure(mask: np.ndarray, stage1_blocks: int, context_note: str,
                        forced: np.ndarray | None = None) -> Figure:
-    """`mask` is (blocks, steps), True = computed (see ui.trace_view.computed_mask).
+    """`mask` is (blocks, steps), True = computed (see ui.views.computed_mask).
 
     `forced` is (steps,), True where a guard forced the step to compute everything
-    (ui.trace_view.guard_forced); those columns get their own colour.
+    (ui.views.guard_forced); those columns get their own colour.
     """
     blocks, steps = mask.shape
     forced = np.zeros(steps, dtype=bool) if forced is None else forced

@@ -1,6 +1,7 @@
-"""The running app under hostile or careless clients: raw HTTP, bursts, cancelled jobs, uploads.
+"""The serving limits (ui/serving.py): the running app under hostile or careless clients (raw HTTP, bursts,
+cancelled jobs, uploads), where it listens, and the heap settings.
 
-Each test talks to `python app.py` over HTTP, as an API user or an attacker would.
+The server tests talk to `python app.py` over HTTP, as an API user or an attacker would.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from devtools.local_server import LocalApp
+from ui.serving import limit_heap_arenas, server_address
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -59,13 +61,13 @@ def test_only_generate_and_the_pages_own_handlers_are_callable(app_server):
     assert short.status_code == 400 and short.json()["detail"] == "Expected 2 values."
 
 
-@pytest.mark.parametrize("count", [0, 3, 11, 15])
+@pytest.mark.parametrize("count", [0, 3, 9, 16])
 def test_a_wrong_number_of_values_gets_a_short_message(app_server, count):
-    data = (TEN + [0, 0, 0, False, 1])[:count]
+    data = (TEN + [0, 0, 0, False, True, 1])[:count]
     for response in (join(app_server, data), post(app_server, "call/generate", {"data": data})):
         assert response.status_code == 400
         detail = response.json()["detail"]
-        assert detail == f"/generate takes 10 or 14 values, got {count}"
+        assert detail == f"/generate takes 10 to 15 values, got {count}"
         assert "object at 0x" not in response.text
 
 
@@ -151,3 +153,17 @@ def _png(path: str):
 
     with Image.open(path) as image:
         return image.convert("RGB").copy()
+
+
+def test_server_address_follows_local_space_and_env_rules():
+    assert server_address("127.0.0.1", 7860, {}) == ("127.0.0.1", 7860)
+    assert server_address("127.0.0.1", 7860, {"SPACE_ID": "user/h2cache"}) == ("0.0.0.0", 7860)
+    env = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8123"}
+    assert server_address("127.0.0.1", 7860, env) == ("0.0.0.0", 8123)
+    with pytest.raises(ValueError, match="GRADIO_SERVER_PORT"):
+        server_address("127.0.0.1", 7860, {"GRADIO_SERVER_PORT": "http"})
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_heap_arena_limit_is_accepted_by_glibc():
+    assert limit_heap_arenas() is True
