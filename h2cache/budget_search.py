@@ -11,7 +11,7 @@ between prompts, so "the best point under 75%" can be a 64% point that wins by 0
 budget then lands 11 points short of what was asked. So the choice is made within :data:`SHARE_TOLERANCE`
 under the target (a cheaper point only when the search found nothing there), and quality differences of
 less than :data:`QUALITY_TIE` dB count as ties, which go to the point that spends the budget: on held-out
-prompts such differences reverse as often as not (``docs/BENCHMARKS.md``, "Calibrated H2-Cache").
+prompts such differences reverse as often as not (``docs/BENCHMARKS_HISTORY.md``, "Calibrated H2-Cache").
 
 Example:
     >>> scores = {}

@@ -47,6 +47,26 @@ def test_prompt_generate_shows_both_images_and_the_metrics_table(page, app_serve
     assert not errors, errors
 
 
+def test_a_threshold_change_reuses_the_baseline_and_says_so(page, app_server):
+    prompt = "a small blue triangle at the top right on a noisy yellow background"  # in no other test here
+    run_comparison_in_page(page, app_server.url, prompt, steps=6, tau1=0.1, tau2=0.1)
+    summary = page.locator("#summary")
+    assert "reused" not in summary.inner_text()
+    set_number(page, "tau1", 0.4)
+    page.locator("#generate").click()
+    summary.get_by_text("its time is the time it took then").wait_for(timeout=180_000)  # the result, not progress
+    assert "The baseline was reused" in summary.inner_text()
+    assert page.locator("#metrics").get_by_text("reused: the time it took when it ran").count() >= 1
+    # unticked, the next click runs the baseline again and says nothing of reuse
+    page.get_by_text("Advanced", exact=True).click()
+    page.locator("#reuse-baseline input[type=checkbox]").uncheck()
+    set_number(page, "tau1", 0.2)
+    page.locator("#generate").click()
+    # the table of the new result is the first without the note
+    page.wait_for_function("() => !document.querySelector('#metrics').innerText.includes('reused')", timeout=180_000)
+    assert "reused" not in summary.inner_text() and summary.inner_text().startswith("H2-Cache skipped")
+
+
 def test_scrubbing_updates_the_pfs_panel_with_the_traces_distances(page, app_server):
     from gradio_client import Client
 

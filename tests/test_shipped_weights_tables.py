@@ -1,5 +1,6 @@
-"""The shipped weights' 28-step verdicts in docs/benchmarks/v2b-28/union-*.md are what bench.union makes from
-the stored runs beside them (rebuild with the command on each file's first line)."""
+"""The shipped weights' verdicts (docs/benchmarks/v2b-28 and v2b-50, union-*.md) are what bench.union makes
+from the stored runs beside them (rebuild with the command on each file's first line), and BENCHMARKS.md's
+first screen is what bench.first_screen makes from them."""
 
 import shlex
 import subprocess
@@ -11,11 +12,23 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.parametrize("run", ["v2b-28", "v2b-50"])
 @pytest.mark.parametrize("basis", ["mean", "median", "worst"])
-def test_the_stored_verdicts_are_those_of_the_stored_runs(basis):
-    stored = (ROOT / "docs" / "benchmarks" / "v2b-28" / f"union-{basis}.md").read_text()
+def test_the_stored_verdicts_are_those_of_the_stored_runs(run, basis):
+    stored = (ROOT / "docs" / "benchmarks" / run / f"union-{basis}.md").read_text()
     command = shlex.split(stored.splitlines()[0].strip("# `"))
     assert command[:3] == ["python", "-m", "bench.union"] and f"--basis={basis}" not in command
     made = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
     assert stored.split("\n", 2)[2] == made.stdout
+
+
+def test_the_first_screen_is_what_its_stored_runs_give():
+    spec = ROOT / "docs" / "benchmarks" / "first_screen.json"
+    made = subprocess.run([sys.executable, "-m", "bench.first_screen", str(spec.relative_to(ROOT)), "--check"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr[-2000:]
+    benchmarks = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    stored = (ROOT / "docs" / "benchmarks" / "first-screen.md").read_text()
+    # BENCHMARKS.md shows the generated tables as they are
+    assert stored.split("\n", 2)[2].strip() in benchmarks

@@ -123,7 +123,7 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                     options = [made[f.name] for f in OPTION_INPUTS]  # INPUT_FIELDS order
                     gr.Markdown("The app:")
                     reuse = gr.Checkbox(label="Reuse the baseline", value=APP_OPTIONS["reuse_baseline"],
-                                        elem_id="reuse_baseline",
+                                        elem_id="reuse-baseline",
                                         info="a click that changes only H2-Cache's settings takes the uncached run "
                                              "from the last one with the same model, prompt, seed, size and steps "
                                              "(its time is the time it took then); off: run it again, for timing")

@@ -9,7 +9,7 @@ Three rules make a transformer call compute every block (``H2CacheConfig`` optio
 This method only turns the benchmark's settings into those config fields (:mod:`h2cache.methods.guards`,
 which the guarded peers share); the hooks do the rest.
 (The first version wrapped the default by zeroing the thresholds for forced calls; the config options
-reproduce its images and traces bit for bit, so its measurements in docs/BENCHMARKS.md still hold.)
+reproduce its images and traces bit for bit, so its measurements in docs/BENCHMARKS_HISTORY.md still hold.)
 
 Example:
     >>> import torch, h2cache
