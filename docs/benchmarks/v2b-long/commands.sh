@@ -14,7 +14,7 @@ run() {  # out, then the rest of the arguments
 mkdir -p runs/bench
 (
     run v2b-50 --steps 50 --methods none h2cache fbcache fbcache-guarded teacache teacache-guarded magcache taylorseer seacache --fix $FIX
-    run v2b-100-b --steps 100 --methods none teacache-guarded magcache taylorseer seacache --fix $FIX
+    run v2b-100-b --steps 100 --methods none teacache-guarded magcache taylorseer seacache  # no --fix: none of them has pool sizes
 ) &
 (
     run v2b-50-forecast --steps 50 --methods none h2cache-guarded-forecast --subjects h2cache-guarded-forecast --fix $FIX forecast_probe_factor=true
