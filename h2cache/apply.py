@@ -10,10 +10,11 @@ from diffusers.hooks import HookRegistry
 from .config import H2CacheConfig
 from .hook_machinery import (ContextStateManager, ScheduleWatch, claim, detach_hooks, install_reset, refuse_stacking,
                              release, remove_reset, transformer_of)
-from .hooks import BLOCK_HOOK, PROBE_HOOK, ROOT_HOOK, H2BlockHook, H2CacheState, H2ProbeHook, H2RootHook, LocalPFS
+from .hooks import BLOCK_HOOK, PROBE_HOOK, ROOT_HOOK, H2BlockHook, H2CacheState, H2ProbeHook, H2RootHook
 from .one_probe import OneProbeDetailProbe, OneProbeDetailTail, OneProbeState
 from .parallel import context_parallel_pfs
 from .pfs_views import PFSViews
+from .seams import LocalPFS
 from .stages import StageSplit, resolve_stages
 from .trace import Trace
 

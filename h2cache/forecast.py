@@ -3,7 +3,7 @@
 In the published method a stage hit replays the residual cached at the stage's last miss. With the forecast,
 a hit adds that residual carried on along the line from the miss before it, per stage, at the steps the PFS
 decision chose. This module is the forecast's whole implementation; the hooks reach it through one seam,
-the *residual source* (:func:`h2cache.hooks.residual_source`), and name nothing else of it.
+the *residual source* (:func:`h2cache.seams.residual_source`), and name nothing else of it.
 
 Its records, what was tried around it and did not help (a cap on the factor, a fallback to replay and a
 threshold scaled by the forecast's own error, all removed in the refactor after commit ``0cf4901``), are in

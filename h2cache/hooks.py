@@ -13,17 +13,15 @@ transformer opens one :class:`~h2cache.trace.StepRecord` per call. They share on
 A miss refreshes the stage's reference and caches what the rest of the stage adds (last block's output
 minus the probe's output, both streams). Every pipeline call starts afresh.
 
-Beside the algorithm, each behind one named seam and off by default: the guards (:mod:`h2cache.guards`),
-what a hit adds (the *residual source*: replay here, the experimental forecast in :mod:`h2cache.forecast`),
-one probe per structure hit (:mod:`h2cache.one_probe`, which subclasses the detail stage's hooks), and where
-PFS is computed (the *distance reducer*: this process here; over the ranks of a context-parallel transformer,
-each holding a shard of the tokens, in :mod:`h2cache.parallel`).
+Beside the algorithm, off by default: the guards (:mod:`h2cache.guards`), one probe per structure hit
+(:mod:`h2cache.one_probe`, which subclasses the detail stage's hooks), and the two seams of
+:mod:`h2cache.seams`: what a hit adds (the *residual source*) and where PFS is computed (the *distance reducer*).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
@@ -33,9 +31,8 @@ from .block_io import Streams, add, block_inputs, block_outputs, pack_outputs, s
 from .config import H2CacheConfig
 from .guards import Guards
 from .hook_machinery import ContextStateManager, ScheduleWatch, StatefulBlockHook
-from .parallel import refuse_changed_parallelism
-from .pfs import pfs_distance, pfs_kernel, pfs_thumbnail
 from .pfs_views import PFSViews
+from .seams import DistanceReducer, LocalPFS, residual_source
 from .trace import StepRecord, Trace
 
 # Fields that pick the hooks at apply time; a change afterwards is refused rather than ignored.
@@ -83,74 +80,6 @@ STAGES = (
     StageSpec(1, "tau2", "pool_size_stage2", joint_signal=True, follows_structure=True,
               distance_field="d2", hit_field="hit2", forced_field="forced2"),
 )
-
-
-class ResidualSource(Protocol):
-    """The seam for what a stage hit adds: told each miss's residual, asked for a hit's."""
-
-    needs_forced_thumbnail: bool  # pool the detail probe's thumbnail on forced hits too
-
-    def remember(self, stage: int, residual: Streams, step: int, thumb: torch.Tensor | None) -> None: ...
-
-    def for_hit(self, stage: int, cached: Streams, step: int, thumb: torch.Tensor | None) -> Streams: ...
-
-
-class Replay:
-    """The published residual source: a hit adds the residual cached at the stage's last miss, unchanged."""
-
-    needs_forced_thumbnail = False
-
-    def remember(self, stage: int, residual: Streams, step: int, thumb: torch.Tensor | None) -> None:
-        pass
-
-    def for_hit(self, stage: int, cached: Streams, step: int, thumb: torch.Tensor | None) -> Streams:
-        return cached
-
-
-def residual_source(config: H2CacheConfig) -> ResidualSource:
-    """The residual source `config` asks for; a new one per cache context and pipeline call."""
-    if config.forecast_residual:
-        from .forecast import ForecastSource
-
-        return ForecastSource(probe_factor=config.forecast_probe_factor)
-    return Replay()
-
-
-class DistanceReducer(Protocol):
-    """The seam for where PFS runs: asked for a probe signal's thumbnail and for the distance of two.
-
-    A signal is ``(B, N, C)``: ``text_tokens`` text tokens, then image tokens; ``pool_size`` None compares it
-    unpooled (``full_residual_distance``). :meth:`view` gives what a PFS view records: the signal (or a stand-in
-    with its per-token magnitudes), its image tokens, the thumbnail and the kernel.
-    """
-
-    def check(self, transformer: torch.nn.Module, config: H2CacheConfig) -> None: ...
-
-    def thumbnail(self, signal: torch.Tensor, text_tokens: int, pool_size: int | None) -> torch.Tensor: ...
-
-    def distance(self, ref: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor: ...
-
-    def view(self, signal: torch.Tensor, text_tokens: int, thumb: torch.Tensor,
-             pool_size: int | None) -> tuple[torch.Tensor, int, torch.Tensor, int]: ...
-
-
-class LocalPFS:
-    """The published reducer: the whole signal is in this process, so PFS is :mod:`h2cache.pfs` as it is."""
-
-    def check(self, transformer: torch.nn.Module, config: H2CacheConfig) -> None:
-        # Parallelism enabled after apply_h2_cache would make every rank decide on its own shard.
-        refuse_changed_parallelism(transformer, None)
-
-    def thumbnail(self, signal: torch.Tensor, text_tokens: int, pool_size: int | None) -> torch.Tensor:
-        return signal.float() if pool_size is None else pfs_thumbnail(signal, pool_size)
-
-    def distance(self, ref: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
-        return pfs_distance(ref, thumb)
-
-    def view(self, signal: torch.Tensor, text_tokens: int, thumb: torch.Tensor,
-             pool_size: int | None) -> tuple[torch.Tensor, int, torch.Tensor, int]:
-        _, n, c = signal.shape
-        return signal, n - text_tokens, thumb, 1 if pool_size is None else pfs_kernel(n, c, pool_size)
 
 
 class _StageState:

@@ -3,7 +3,7 @@
 In the published method a structure hit still runs the detail stage's probe (two blocks per hit). With this
 option a structure hit adds, instead, everything the whole detail stage added the last time its probe ran,
 so such a call runs one block, as FirstBlockCache does. It is built as subclasses of the detail stage's
-hooks and a state with one more field, chosen by :func:`h2cache.hooks.apply_h2_cache` when the option is on;
+hooks and a state with one more field, chosen by :func:`h2cache.apply.apply_h2_cache` when the option is on;
 nothing here runs otherwise.
 """
 

@@ -91,7 +91,8 @@ def _tiny_inputs(step: int) -> dict:
 def _without_reduction(transformer) -> None:
     """Put the published reducer, less its refusal of a context-parallel transformer, in the hooks: H2-Cache as
     it would be with the reduction taken out."""
-    from h2cache.hooks import H2ProbeHook, H2RootHook, LocalPFS
+    from h2cache.hooks import H2ProbeHook, H2RootHook
+    from h2cache.seams import LocalPFS
 
     class Unreduced(LocalPFS):
         def check(self, transformer, config) -> None:
@@ -356,7 +357,8 @@ def test_one_process_keeps_the_published_reducer():
     from tiny_models import tiny_flux_transformer
 
     import h2cache
-    from h2cache.hooks import H2ProbeHook, LocalPFS
+    from h2cache.hooks import H2ProbeHook
+    from h2cache.seams import LocalPFS
 
     transformer = tiny_flux_transformer(double=2, single=2)
     with h2cache.apply_h2_cache(transformer):
