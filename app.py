@@ -37,16 +37,17 @@ from ui.preview_store import PREVIEWS
 from ui.serving import harden_queue
 from ui.serving import RequestGuard
 from ui.serving import server_address
-from ui.validation import APP_OPTIONS, OPTION_INPUTS
+from ui.validation import APP_OPTIONS, OPTION_INPUTS, SWEEP_DEFAULT
 from ui.settings import DEFAULT_SETTINGS_PATH, AppSettings, load_settings
 
 ROOT = Path(__file__).resolve().parent
 CSS_PATH = ROOT / "assets" / "app.css"
 log = logging.getLogger("h2cache.app")
 # The unqueued handlers the page itself calls (step scrubber, model picker, examples, target mode); nothing
-# else but /generate.
+# else but the public endpoints.
 PAGE_HANDLERS = ("show_step", "on_model_change", "load_example", "apply_target", "apply_target_for_model",
-                 "report_target")
+                 "report_target", "sweep_plan")
+PUBLIC_APIS = ("generate", "sweep")
 # Calls that send only the first ten inputs get the H2CacheConfig options at the library's defaults (off).
 OPTION_DEFAULTS = (*(f.default for f in OPTION_INPUTS), *APP_OPTIONS.values())
 # Sessions whose state Gradio keeps (least recently used first out). Each holds only a small key, but
@@ -77,7 +78,7 @@ def create_app(settings: AppSettings | None = None, registry: ModelRegistry | No
     demo = build_demo(settings, registry)
     # api_open=False: queued functions cannot be called around the queue (and its limits) via /run.
     demo.queue(default_concurrency_limit=1, max_size=settings.queue_max_size, api_open=False)
-    harden_queue(demo, max_total=settings.queue_max_size, api_name="generate", optional_tail=OPTION_DEFAULTS)
+    harden_queue(demo, max_total=settings.queue_max_size, tails={"generate": OPTION_DEFAULTS, "sweep": (*OPTION_DEFAULTS, SWEEP_DEFAULT)})
     return demo, settings, registry
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     demo, settings, _ = create_app()
     host, port = server_address(settings.host, settings.port)
     css = CSS_PATH.read_text(encoding="utf-8") if CSS_PATH.exists() else None
-    guard = Middleware(RequestGuard, demo=demo, public_api="generate", page_handlers=PAGE_HANDLERS)
+    guard = Middleware(RequestGuard, demo=demo, public_api=PUBLIC_APIS, page_handlers=PAGE_HANDLERS)
     demo.launch(server_name=host, server_port=port, css=css,
                 # gr.Error messages (ours, written for users) are shown; other exception text is not.
                 show_error=False,

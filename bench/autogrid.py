@@ -13,10 +13,10 @@ exactly one point, found by the same search on the same calibration prompts (nev
 
 The method's default is added as one more point, so its out-of-the-box behaviour is on the curve too.
 
-Knobs (:func:`knob_for`, from the method's declared settings, so a new method cannot be skipped silently):
+Knobs (:func:`h2cache.budget_search.knob_for`, from the method's declared settings, so a new method cannot be skipped silently):
 
 * ``tau1`` and ``tau2`` (every H2-Cache variant): :func:`h2cache.calibrate`'s search, the lines
-  ``tau2 = r * tau1`` for r in :data:`h2cache.calibrate.RATIOS` over its coarse tau1 values. Each target still
+  ``tau2 = r * tau1`` for r in :data:`h2cache.budget_search.RATIOS` over its coarse tau1 values. Each target still
   gets one point, so H2-Cache has as many points as its peers (a product of two scans once gave it 25 to
   the peers' 5, several of them degenerate).
 * ``threshold`` (FirstBlockCache, TeaCache, MagCache and their variants): the analogous one-threshold search.
@@ -45,9 +45,9 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from h2cache.budget_search import pick_for_share, sweep_line
-from h2cache.calibrate import BISECTIONS, COARSE_TAU1, RATIOS
-from h2cache.methods import CalibrationStore, FlopTable, Method, apply_method, get_method
+from h2cache.budget_search import Knob, knob_for, pick_for_share, sweep_line
+from h2cache.calibrate import BISECTIONS
+from h2cache.methods import CalibrationStore, FlopTable, apply_method, get_method
 from h2cache.scoring import ImageScorer
 
 from .spec import with_fixed
@@ -68,42 +68,6 @@ class Score:
 
 
 Measure = Callable[[str, dict[str, Any]], Score]  # (method, settings) -> its score on the calibration prompts
-
-
-def scan_values(low: float = 0.01, high: float = 4.0, count: int = 20) -> list[float]:
-    """Log-spaced candidate thresholds, rounded to 3 significant digits."""
-    ratio = (high / low) ** (1 / (count - 1))
-    return [float(f"{low * ratio ** i:.3g}") for i in range(count)]
-
-
-INTERVALS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
-
-
-@dataclass(frozen=True)
-class Knob:
-    """What a method's grid is searched along: on line ``i``, ``keys[k] = value x lines[i][k]``, over ``values``
-    (cheaper last)."""
-
-    keys: tuple[str, ...]
-    lines: tuple[tuple[float, ...], ...]
-    values: tuple[float, ...]
-
-    def settings(self, value: float, line: int = 0) -> dict[str, Any]:
-        # Rounded as h2cache.calibrate rounds its points, so both name a bisected point alike.
-        return {key: value if isinstance(value, int) else round(value * ratio, 6)
-                for key, ratio in zip(self.keys, self.lines[line])}
-
-
-def knob_for(method: Method) -> Knob | None:
-    """The knob of a registered method; ``None`` for the uncached baseline."""
-    names = {s.name for s in method.settings}
-    if {"tau1", "tau2"} <= names:
-        return Knob(("tau1", "tau2"), tuple((1.0, r) for r in RATIOS), COARSE_TAU1)
-    if "threshold" in names:
-        return Knob(("threshold",), ((1.0,),), tuple(scan_values()))
-    if "cache_interval" in names:
-        return Knob(("cache_interval",), ((1,),), INTERVALS)
-    return None
 
 
 def coarse_sweep(score: Callable[[float], Score], values: tuple[float, ...], floor: float,

@@ -25,12 +25,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    from .methods import Method
 
 P = TypeVar("P")
 
 SHARE_TOLERANCE = 0.05  # a budget's window: from target - 0.05 up to the target
 QUALITY_TIE = 0.5  # dB of PSNR: closer than this, two points are equally good, and the larger share wins
+RATIOS = (1.0, 1.5, 2.25)  # tau2 / tau1 lines H2-Cache's searches follow
+COARSE_TAU1 = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.22, 0.32, 0.45, 0.65)
 
 
 def sweep_line(score: Callable[[float], P], values: Sequence[float], feasibles: Iterable[Callable[[P], bool]],
@@ -74,3 +80,43 @@ def pick_for_share(points: Iterable[P], target: float, *, share: Callable[[P], f
     near = [p for p in under if share(p) >= target - tolerance - 1e-9] or under
     best = max(quality(p) for p in near)
     return max((p for p in near if quality(p) >= best - tie), key=lambda p: (share(p), quality(p))), True
+
+
+# --- knobs ---------------------------------------------------------------------------------------
+# What one number moves in each method, from its declared settings, so a new method cannot be skipped silently:
+# H2-Cache's two thresholds on the lines tau2 = r * tau1, one threshold, or TaylorSeer's whole-number interval.
+
+def scan_values(low: float = 0.01, high: float = 4.0, count: int = 20) -> list[float]:
+    """Log-spaced candidate thresholds, rounded to 3 significant digits."""
+    ratio = (high / low) ** (1 / (count - 1))
+    return [float(f"{low * ratio ** i:.3g}") for i in range(count)]
+
+
+INTERVALS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What a method's grid is searched along: on line ``i``, ``keys[k] = value x lines[i][k]``, over ``values``
+    (cheaper last)."""
+
+    keys: tuple[str, ...]
+    lines: tuple[tuple[float, ...], ...]
+    values: tuple[float, ...]
+
+    def settings(self, value: float, line: int = 0) -> dict[str, Any]:
+        # Rounded as h2cache.calibrate rounds its points, so both name a bisected point alike.
+        return {key: value if isinstance(value, int) else round(value * ratio, 6)
+                for key, ratio in zip(self.keys, self.lines[line])}
+
+
+def knob_for(method: Method) -> Knob | None:
+    """The knob of a registered method; ``None`` for the uncached baseline."""
+    names = {s.name for s in method.settings}
+    if {"tau1", "tau2"} <= names:
+        return Knob(("tau1", "tau2"), tuple((1.0, r) for r in RATIOS), COARSE_TAU1)
+    if "threshold" in names:
+        return Knob(("threshold",), ((1.0,),), tuple(scan_values()))
+    if "cache_interval" in names:
+        return Knob(("cache_interval",), ((1,),), INTERVALS)
+    return None

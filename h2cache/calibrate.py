@@ -39,15 +39,13 @@ from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
-from .budget_search import QUALITY_TIE, SHARE_TOLERANCE, pick_for_share, sweep_line
+from .budget_search import COARSE_TAU1, QUALITY_TIE, RATIOS, SHARE_TOLERANCE, pick_for_share, sweep_line
 from .config import H2CacheConfig
 from .apply import apply_h2_cache
 from .methods.calibration import CalibrationStore, model_fingerprint, model_key, prompt_hashes
 from .pipelines import generation_defaults
 from .scoring import PSNR_CAP, ImageScorer
 
-RATIOS = (1.0, 1.5, 2.25)  # tau2 / tau1 lines the search follows
-COARSE_TAU1 = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.22, 0.32, 0.45, 0.65)
 BISECTIONS = 3
 FLOORS = ("median", "worst")
 

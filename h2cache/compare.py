@@ -22,6 +22,7 @@ import torch
 
 from .config import H2CacheConfig
 from .apply import apply_h2_cache
+from .methods.meter import BlockMeter, FlopTable
 from .pfs_views import PFSViews
 from .pipelines import generation_defaults
 from .trace import Trace
@@ -47,6 +48,7 @@ class RunResult:
     pfs: PFSViews | None = None  # what PFS compared, with record_pfs=True (H2-Cache run only)
     previews: list[np.ndarray] = field(default_factory=list)  # predicted clean image after each step
     sigmas: list[float] = field(default_factory=list)
+    flops_share: float | None = None  # block FLOPs run over an uncached run's, when run_comparison got a FLOP table
 
 
 @dataclass
@@ -130,26 +132,36 @@ def generate(pipe: Any, prompt: str, *, seed: int, name: str = "run", previews: 
 
 def run_comparison(pipe: Any, prompt: str, *, seed: int, config: H2CacheConfig, previews: bool = True,
                    record_pfs: bool = False, progress: ProgressFn | None = None, baseline: RunResult | None = None,
-                   **kwargs: Any) -> Comparison:
+                   flops: FlopTable | None = None, **kwargs: Any) -> Comparison:
     """Baseline, then H2-Cache with the same seed; the cache is removed afterwards, even on error.
 
     With `record_pfs`, the H2-Cache run also keeps what PFS compared at every step (``cached.pfs``,
     see :mod:`h2cache.pfs_views`); that adds a few small tensor copies per step to its timed call.
     A `baseline` from an earlier call with the same pipeline, prompt, seed and arguments is used as it is
-    (its ``seconds`` are those it took then) instead of running the uncached call again.
+    (its ``seconds`` are those it took then) instead of running the uncached call again. With `flops`
+    (:func:`h2cache.methods.measure_flop_table` for these call arguments), a block meter counts the H2-Cache
+    run's share of block FLOPs (``cached.flops_share``), the measure peers are compared by.
     """
     with pipeline_lock(pipe):
         if baseline is None:
             baseline = generate(pipe, prompt, seed=seed, name="baseline", previews=previews, progress=progress,
                                 **kwargs)
-        handle = apply_h2_cache(pipe, config)
-        if record_pfs:
-            handle.pfs.enable()
+        meter = BlockMeter(pipe.transformer, flops).attach() if flops is not None else None
         try:
-            cached = generate(pipe, prompt, seed=seed, name="h2cache", previews=previews, progress=progress, **kwargs)
-            cached.trace = Trace(handle.trace)
+            handle = apply_h2_cache(pipe, config)
             if record_pfs:
-                cached.pfs = handle.pfs.to_host()
+                handle.pfs.enable()
+            try:
+                cached = generate(pipe, prompt, seed=seed, name="h2cache", previews=previews, progress=progress,
+                                  **kwargs)
+                cached.trace = Trace(handle.trace)
+                if record_pfs:
+                    cached.pfs = handle.pfs.to_host()
+            finally:
+                handle.remove()
         finally:
-            handle.remove()
+            if meter is not None:
+                meter.detach()
+        if meter is not None:
+            cached.flops_share = meter.trace.flops_share()
         return Comparison(baseline=baseline, cached=cached, config=config, stages=handle.split.describe())

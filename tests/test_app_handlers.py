@@ -62,7 +62,7 @@ def generate(settings, registry):
 def request(**overrides):
     options = {name: getattr(H2CacheConfig(), name) for name in OPTIONS}  # off, as in the library
     values = dict(prompt=PROMPT, model="embedded", seed=0, steps=STEPS, width=64, height=64, tau1=0.0, tau2=0.0,
-                  pool_size_stage1=2048, pool_size_stage2=384, reuse_baseline=True, **options)
+                  pool_size_stage1=2048, pool_size_stage2=384, reuse_baseline=True, peer="none", **options)
     values.update(overrides)
     return [values[name] for name in INPUT_FIELDS]
 
@@ -451,8 +451,8 @@ def test_one_probe_per_hit_runs_fewer_blocks(generate, cached, registry):
 
 
 def test_options_come_last_and_default_to_the_librarys(generate):
-    # after the ten inputs existing API callers send; then the app's own switch
-    assert INPUT_FIELDS[10:] == (*OPTIONS, "reuse_baseline")
+    # after the ten inputs existing API callers send; then the app's own choices
+    assert INPUT_FIELDS[10:] == (*OPTIONS, "reuse_baseline", "peer")
     parameters = inspect.signature(generate).parameters
     assert {name: parameters[name].default for name in OPTIONS} == {name: getattr(H2CacheConfig(), name) for name in OPTIONS}
 

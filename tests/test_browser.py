@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -189,3 +190,59 @@ def test_closing_the_tab_stops_the_running_comparison(page, app_server):
     while "comparison stopped:" not in app_server.log_tail(50_000):
         assert time.monotonic() < deadline, app_server.log_tail()
         time.sleep(0.2)
+
+
+def choose_peer(page, label: str) -> None:
+    page.locator("#peer input").click()
+    page.get_by_role("option", name=label, exact=True).click()
+    page.wait_for_function(f"() => document.querySelector('#peer input').value === {label!r}", timeout=10_000)
+
+
+def test_the_peer_column_appears_with_its_metrics_then_a_sweep_draws_the_front(page, app_server):
+    prompt = "a medium red triangle at the center on a plain green background"  # in no other test here
+    page.goto(app_server.url, wait_until="domcontentloaded")
+    page.locator("#prompt textarea").wait_for(state="visible", timeout=120_000)
+    page.locator("#prompt textarea").fill(prompt)
+    set_number(page, "steps", 8)
+    choose_peer(page, "FirstBlockCache")
+    page.locator("#generate").click()
+    peer = page.locator("#peer-metrics")
+    peer.get_by_text("Compute matched to H2-Cache").wait_for(timeout=240_000)
+    for text in ("FirstBlockCache", "Setting found", "Blocks executed", "Wall time", "PSNR vs baseline", "SSIM vs baseline"):
+        assert peer.get_by_text(text).count() >= 1, f"peer table lacks {text!r}"
+    assert page.locator("#peer-image img").get_attribute("src").endswith(".png")
+    assert page.locator("#peer-difference img").count() == 1 and page.locator("#decisions-plot img").count() == 1
+    assert "Peer: FirstBlockCache" in page.locator("#summary").inner_text()
+
+    set_number(page, "sweep-points", 3)
+    page.locator("#sweep-status").get_by_text("7 pipeline runs").wait_for(timeout=10_000)  # said before it starts
+    page.locator("#sweep-run").click()
+    page.locator("#sweep-status").get_by_text("Sweep done").wait_for(timeout=240_000)
+    status = page.locator("#sweep-status").inner_text()
+    assert "H2-Cache 3, FirstBlockCache 3 points" in status
+    cells = [c.strip() for c in re.split(r"[\t\n]", page.locator("#sweep-table").inner_text())]
+    assert cells.count("H2-Cache") == 3 and cells.count("FirstBlockCache") == 3, cells
+    assert page.locator("#front-plot img").count() == 1
+    names = page.locator("#sweep-files").inner_text().replace("\n", "")
+    assert "sweep.csv" in names and "sweep.json" in names, names
+
+
+def test_stopping_a_sweep_leaves_the_app_usable(page, app_server):
+    page.goto(app_server.url, wait_until="domcontentloaded")
+    page.locator("#prompt textarea").wait_for(state="visible", timeout=120_000)
+    page.locator("#prompt textarea").fill("a small blue square at the top left on a plain red background")
+    set_number(page, "steps", 60)
+    choose_peer(page, "TeaCache")
+    set_number(page, "sweep-points", 8)
+    page.locator("#sweep-run").click()
+    page.get_by_text("run: step").first.wait_for(timeout=120_000)
+    page.locator("#sweep-stop").click()
+    deadline = time.monotonic() + 60
+    while "sweep stopped:" not in app_server.log_tail(50_000):
+        assert time.monotonic() < deadline, app_server.log_tail()
+        time.sleep(0.2)
+    # the run slot is free again: a comparison goes through
+    set_number(page, "steps", 4)
+    page.locator("#generate").click()
+    page.locator("#metrics").get_by_text("PSNR vs baseline").wait_for(timeout=180_000)
+    assert page.get_by_text("Step 4/4").count() == 1

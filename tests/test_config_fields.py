@@ -48,10 +48,11 @@ def test_the_benchmarks_h2cache_settings_are_the_declared_ones():
 
 def test_the_app_offers_the_published_knobs_then_the_options_with_their_declared_defaults():
     assert INPUT_FIELDS == (*RUN_FIELDS, *(f.name for f in config_fields("published") + config_fields("option")),
-                            "reuse_baseline")
+                            "reuse_baseline", "peer")
     params = list(GENERATE_SIGNATURE.parameters.values())
     assert [p.name for p in params] == [*INPUT_FIELDS, "progress"]
     assert GENERATE_SIGNATURE.parameters["reuse_baseline"].default is True
+    assert GENERATE_SIGNATURE.parameters["peer"].default == "none"
     for f in CONFIG_INPUTS:
         p = GENERATE_SIGNATURE.parameters[f.name]
         assert (p.default == f.default) if f.role == "option" else p.default is p.empty, f.name

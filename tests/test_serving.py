@@ -61,14 +61,19 @@ def test_only_generate_and_the_pages_own_handlers_are_callable(app_server):
     assert short.status_code == 400 and short.json()["detail"] == "Expected 2 values."
 
 
-@pytest.mark.parametrize("count", [0, 3, 9, 16])
+@pytest.mark.parametrize("count", [0, 3, 9, 17])
 def test_a_wrong_number_of_values_gets_a_short_message(app_server, count):
-    data = (TEN + [0, 0, 0, False, True, 1])[:count]
+    data = (TEN + [0, 0, 0, False, True, "none", 1])[:count]
     for response in (join(app_server, data), post(app_server, "call/generate", {"data": data})):
         assert response.status_code == 400
         detail = response.json()["detail"]
-        assert detail == f"/generate takes 10 to 15 values, got {count}"
+        assert detail == f"/generate takes 10 to 16 values, got {count}"
         assert "object at 0x" not in response.text
+    # the sweep takes the same inputs and its point count
+    sweep = data + [3] if count == 17 else data  # 17 values are a whole sweep request
+    response = post(app_server, "call/sweep", {"data": sweep})
+    assert response.status_code == 400
+    assert response.json()["detail"] == f"/sweep takes 10 to 17 values, got {len(sweep)}"
 
 
 def test_uploads_are_refused(app_server):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import html
 import inspect
+import json
 import logging
 import re
+import tempfile
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import gradio as gr
 import numpy as np
@@ -16,7 +20,9 @@ from matplotlib.figure import Figure
 
 import h2cache
 
-from .job import JobResult, on_gpu, register_models, run_job
+from h2cache.lab import PeerMatch
+
+from .job import JobResult, SweepResult, job_runs, on_gpu, register_models, run_job, run_sweep_job
 from .models import ModelRegistry
 from .plots.compute_map import compute_map_figure
 from .plots.distances import distance_figure
@@ -24,10 +30,14 @@ from .scrubber import pfs_view, scrubber_slider, scrubber_state, step_view
 from .serving import ClientGone, StoppableProgress, event_probe, exclusive_run, on_model_thread, release_free_memory
 from .settings import AppSettings
 from .target_mode import MANUAL_TEXT, MODES, calibrated_thresholds
-from .views import comparison_details, computed_mask, difference_map, guard_forced, metrics_rows, shown_context, summary_markdown
-from .validation import APP_OPTIONS, CONFIG_INPUTS, RUN_FIELDS, ComparisonRequest, validate_request
+from .plots.lab import decisions_figure, front_figure
+from .views import (comparison_details, computed_mask, difference_map, guard_forced, metrics_rows, peer_details,
+                    peer_label, peer_match_text, peer_rows, shown_context, summary_markdown, sweep_records, sweep_rows)
+from .validation import (APP_OPTIONS, CONFIG_INPUTS, RUN_FIELDS, ComparisonRequest, validate_request,
+                         validate_sweep_points, SWEEP_DEFAULT)
 
 log = logging.getLogger("h2cache.app")
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,6 +62,11 @@ class GenerateOutputs:
     pfs_table: str
     details: dict[str, Any]
     scrub_state: dict[str, Any]
+    # The peer column and the decisions of every method (after the rest: API clients index by position).
+    peer_image: np.ndarray | None
+    peer_difference: np.ndarray | None
+    peer_metrics: list[list[str]]
+    decisions_plot: Figure
 
     def as_tuple(self) -> tuple[Any, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
@@ -70,8 +85,18 @@ def build_outputs(request: ComparisonRequest, result: JobResult, registry: Model
     state = scrubber_state(comparison)
     preview_b, preview_c, caption = step_view(state, request.steps)
     pfs1, pfs2, table = pfs_view(state, request.steps)
+    peer = result.peer
+    details = comparison_details(request, comparison, quality, result.baseline_reused)
+    peer_error = client_message(Exception(result.peer_error), 400) if result.peer_error else None
+    details["peer"] = peer_details(peer, result.peer_quality) or (
+        {"method": request.peer, "error": peer_error} if peer_error else None)
+    summary = summary_markdown(comparison, quality, result.baseline_reused)
+    if peer is not None:
+        summary += f"  \n**Peer: {peer_label(peer.best.method)}**, {peer_match_text(peer)}."
+    elif peer_error:
+        summary += f"  \n**Peer: {peer_label(request.peer)} could not run:** {peer_error}"
     return GenerateOutputs(
-        summary=summary_markdown(comparison, quality, result.baseline_reused),
+        summary=summary,
         baseline_image=baseline,
         cached_image=cached,
         before_after=(baseline, cached),
@@ -87,9 +112,20 @@ def build_outputs(request: ComparisonRequest, result: JobResult, registry: Model
         pfs_stage1=pfs1,
         pfs_stage2=pfs2,
         pfs_table=table,
-        details=comparison_details(request, comparison, quality, result.baseline_reused),
+        details=details,
         scrub_state=state,
+        peer_image=None if peer is None else peer.best.run.image,
+        peer_difference=None if peer is None else difference_map(baseline, peer.best.run.image, diff_gain),
+        peer_metrics=peer_rows(peer, result.peer_quality, comparison.baseline.seconds, request.peer, peer_error),
+        decisions_plot=decisions_figure(records, _peer_decisions(peer, context), note),
     )
+
+
+def _peer_decisions(peer: PeerMatch | None, context: str) -> tuple[str, list[bool]] | None:
+    if peer is None:
+        return None
+    records = peer.best.trace.for_context(context) or list(peer.best.trace)
+    return f"{peer_label(peer.best.method)} (peer)", [r.hit for r in records]
 
 
 def _split_sizes(registry: ModelRegistry, key: str) -> tuple[int, int]:
@@ -108,11 +144,40 @@ def client_message(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def serve(request: Any, progress: Any, work: Callable[[StoppableProgress], T], what: str, failed: str) -> T:
+    """Run `work` in the app's one run slot, polled for cancellation at every step; any failure becomes a
+    message, and the server and the next request carry on."""
+    # Gradio encodes the previous response (PNGs, JSON) after its handler returned, so the trim in
+    # that handler's `finally` came too early for those buffers; this one returns them.
+    release_free_memory()
+    why = event_probe()
+    per_step = StoppableProgress(progress, why)  # polled at every step: an abandoned request stops there
+    try:
+        # Plots are drawn inside the run slot too: a request cancelled while its plots are drawn must not
+        # leave them running beside the next request's timed run.
+        with exclusive_run(why):
+            return work(per_step)
+    except gr.Error:
+        raise
+    except ClientGone as exc:
+        log.info("%s stopped: %s (%s)", what, exc, request)
+        raise gr.Error(f"Stopped: {exc}.", title="Stopped", print_exception=False) from None
+    except Exception as exc:
+        log.exception("%s failed for %s", what, request)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise gr.Error(html.escape(f"{failed} ({type(exc).__name__}): {client_message(exc)}", quote=False),
+                       title=failed) from exc
+    finally:
+        release_free_memory()
+
+
 def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..., tuple[Any, ...]]:
     """The generate handler, bound to this app's settings and models."""
     def gpu_seconds(registry_id: int, request: ComparisonRequest, progress: Any = None) -> int:
         # spaces.GPU calls this with the GPU function's own arguments: the reservation follows the request.
-        return settings.gpu_call_seconds(request.model, request.steps, request.width, request.height)
+        return settings.gpu_call_seconds(request.model, request.steps, request.width, request.height,
+                                         job_runs(request))
 
     gpu_job = on_gpu(run_job, gpu_seconds)
     registry_id = register_models(registry)
@@ -128,32 +193,13 @@ def make_generate(settings: AppSettings, registry: ModelRegistry) -> Callable[..
         progress = values.arguments.pop("progress")
         request = validate_request(settings, registry.keys, values.arguments)
 
-        # Gradio encodes the previous response (PNGs, JSON) after its handler returned, so the trim in
-        # that handler's `finally` came too early for those buffers; this one returns them.
-        release_free_memory()
-        why = event_probe()
-        per_step = StoppableProgress(progress, why)  # polled at every step: an abandoned request stops there
-        try:
+        def work(per_step: StoppableProgress) -> tuple[Any, ...]:
             progress(0.0, desc="Starting the baseline run")
-            with exclusive_run(why):
-                result = on_model_thread(gpu_job, registry_id, request, per_step)
-                # Still inside the run slot: a request cancelled while its plots are drawn must not
-                # leave them running beside the next request's timed run.
-                progress(1.0, desc="Drawing plots")
-                return build_outputs(request, result, registry, settings.diff_gain).as_tuple()
-        except gr.Error:
-            raise
-        except ClientGone as exc:
-            log.info("comparison stopped: %s (%s)", exc, request)
-            raise gr.Error(f"Stopped: {exc}.", title="Stopped", print_exception=False) from None
-        except Exception as exc:  # any failure becomes a message; the server and the next request carry on
-            log.exception("comparison failed for %s", request)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise gr.Error(html.escape(f"Generation failed ({type(exc).__name__}): {client_message(exc)}", quote=False),
-                           title="Generation failed") from exc
-        finally:
-            release_free_memory()
+            result = on_model_thread(gpu_job, registry_id, request, per_step)
+            progress(1.0, desc="Drawing plots")
+            return build_outputs(request, result, registry, settings.diff_gain).as_tuple()
+
+        return serve(request, progress, work, "comparison", "Generation failed")
 
     generate.__signature__ = GENERATE_SIGNATURE  # what Gradio reads for the API's parameter names and defaults
     return generate
@@ -168,7 +214,8 @@ def _generate_signature() -> inspect.Signature:
     config = [inspect.Parameter(f.name, arg, annotation=bool if f.kind is bool else float,
                                 **({"default": f.default} if f.role == "option" else {}))
               for f in CONFIG_INPUTS]
-    app = [inspect.Parameter(name, arg, annotation=bool, default=default) for name, default in APP_OPTIONS.items()]
+    app = [inspect.Parameter(name, arg, annotation=type(default), default=default)
+           for name, default in APP_OPTIONS.items()]
     progress = inspect.Parameter("progress", arg, default=gr.Progress(), annotation=gr.Progress)
     return inspect.Signature([*run, *config, *app, progress], return_annotation=tuple)
 
@@ -225,3 +272,81 @@ def make_apply_target(registry: ModelRegistry) -> Callable[..., tuple[Any, Any, 
                 gr.Number(value=choice.pool_size_stage2), choice.text)
 
     return apply_target
+
+
+SWEEP_OUTPUTS = ("sweep_status", "front_plot", "sweep_table", "sweep_files")
+
+
+def sweep_plan(peer: str, points: float) -> str:
+    """What a sweep will run, shown before it starts."""
+    try:
+        n = validate_sweep_points(points)
+    except gr.Error as exc:
+        return str(exc)
+    methods = "H2-Cache" + (f" and {peer_label(peer)}" if peer != "none" else "")
+    runs = 1 + n * (2 if peer != "none" else 1)
+    return (f"The sweep runs {methods} at {n} settings each across its thresholds' range, plus H2-Cache at your "
+            f"setting: **{runs} pipeline runs** (and the baseline, unless it is reused).")
+
+
+def _write_sweep_files(result: SweepResult) -> list[str]:
+    records = sweep_records(result.points, result.current)
+    folder = Path(tempfile.mkdtemp(prefix="h2cache-sweep-"))
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    with open(folder / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(records)
+    payload = {"request": result.request.as_dict(), "baseline_reused": result.baseline_reused,
+               "baseline_seconds": result.baseline.seconds, "points": records}
+    (folder / "sweep.json").write_text(json.dumps(payload, indent=1, default=float))
+    return [str(folder / "sweep.csv"), str(folder / "sweep.json")]
+
+
+def make_sweep(settings: AppSettings, registry: ModelRegistry) -> Callable[..., tuple[Any, ...]]:
+    """The sweep handler: the generate inputs, then the points per method; SWEEP_OUTPUTS."""
+
+    def gpu_seconds(registry_id: int, request: ComparisonRequest, points: int, progress: Any = None) -> int:
+        return settings.gpu_call_seconds(request.model, request.steps, request.width, request.height,
+                                         job_runs(request, points))
+
+    gpu_job = on_gpu(run_sweep_job, gpu_seconds)
+    registry_id = register_models(registry)
+
+    def run_sweep(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Sweep H2-Cache (and the chosen peer) over their thresholds for this prompt; see SWEEP_SIGNATURE."""
+        values = SWEEP_SIGNATURE.bind(*args, **kwargs)
+        values.apply_defaults()
+        progress = values.arguments.pop("progress")
+        points = validate_sweep_points(values.arguments.pop("sweep_points"))
+        request = validate_request(settings, registry.keys, values.arguments)
+
+        def work(per_step: StoppableProgress) -> tuple[Any, ...]:
+            progress(0.0, desc="Starting the sweep")
+            result = on_model_thread(gpu_job, registry_id, request, points, per_step)
+            progress(1.0, desc="Drawing the front")
+            labels = {m: peer_label(m) for m in result.points}
+            title = (f"Quality against compute for this prompt, seed {request.seed}, {request.steps} steps"
+                     + (" (baseline reused)" if result.baseline_reused else ""))
+            counts = ", ".join(f"{labels[m]} {len(p)}" for m, p in result.points.items())
+            status = (f"Sweep done: {counts} points, plus H2-Cache at your setting (starred): "
+                      f"{result.current.share:.1%} of block FLOPs, {result.current.psnr:.2f} dB.")
+            if result.peer_error:
+                status += f" {peer_label(request.peer)} could not run: {client_message(Exception(result.peer_error), 400)}"
+            return (status, front_figure(result.points, result.current, labels, title),
+                    sweep_rows(result.points, result.current), _write_sweep_files(result))
+
+        return serve(request, progress, work, "sweep", "Sweep failed")
+
+    run_sweep.__signature__ = SWEEP_SIGNATURE
+    return run_sweep
+
+
+def _sweep_signature() -> inspect.Signature:
+    *inputs, progress = GENERATE_SIGNATURE.parameters.values()
+    points = inspect.Parameter("sweep_points", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int,
+                               default=SWEEP_DEFAULT)
+    return inspect.Signature([*inputs, points, progress], return_annotation=tuple)
+
+
+SWEEP_SIGNATURE = _sweep_signature()

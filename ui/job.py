@@ -14,8 +14,9 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TypeVar
 
-from h2cache.compare import Comparison, RunResult, run_comparison
-from h2cache.methods import model_fingerprint
+from h2cache.compare import Comparison, RunResult, generate, pipeline_lock, run_comparison
+from h2cache.lab import MAX_MATCH_RUNS, LabPoint, PeerMatch, lab_flops, run_at_share, run_point, sweep, sweep_settings
+from h2cache.methods import FlopTable, model_fingerprint
 from h2cache.metrics import compare_images
 from h2cache.pipelines import generation_defaults
 
@@ -39,6 +40,9 @@ class JobResult:
     comparison: Comparison
     quality: dict[str, Any]  # psnr, ssim, lpips, lpips_reason from h2cache.metrics.compare_images
     baseline_reused: bool = False  # the baseline came from BASELINES: its seconds are those of the run that made it
+    peer: PeerMatch | None = None  # the peer column (request.peer), at the H2-Cache run's share of compute
+    peer_quality: dict[str, Any] | None = None  # the peer's image against the baseline, as `quality`
+    peer_error: str | None = None  # why the chosen peer could not run (e.g. no calibration for these steps)
 
 
 # The uncached run depends on none of H2-Cache's settings, so a click that changed only those reuses it.
@@ -68,26 +72,126 @@ def register_models(registry: ModelRegistry) -> int:
     return id(registry)
 
 
-def run_job(registry_id: int, request: ComparisonRequest, progress: Progress | None = None) -> JobResult:
-    pipe = _REGISTRIES[registry_id].get(request.model)
+def job_runs(request: ComparisonRequest, sweep_points: int = 0) -> int:
+    """Pipeline calls a request may make at most: baseline and H2-Cache, the peer's tries, or a sweep's points
+    (H2-Cache's current setting, then `sweep_points` per method)."""
+    if sweep_points:
+        return 2 + sweep_points * (2 if request.peer != "none" else 1)
+    return 2 + (MAX_MATCH_RUNS if request.peer != "none" else 0)
 
-    def on_step(run: str, done: int, total: int) -> None:
-        if progress is not None:
-            before = 0 if run == "baseline" else total  # the baseline is the first half of the work
-            progress((before + done) / (2 * total), desc=f"{RUN_LABELS.get(run, run)} run: step {done}/{total}")
 
+def _call(pipe: Any, request: ComparisonRequest) -> dict[str, Any]:
+    return {**generation_defaults(pipe), "num_inference_steps": request.steps, "height": request.height,
+            "width": request.width}
+
+
+# One FLOP table per model and call shape: measuring one takes a one-step pipeline call.
+_FLOPS = ByteLRU(2**20, 8)
+
+
+def _flops(pipe: Any, request: ComparisonRequest) -> FlopTable | None:
+    call = _call(pipe, request)
+    key = (request.model, model_fingerprint(pipe.transformer), request.height, request.width,
+           tuple(sorted((k, repr(v)) for k, v in call.items() if k != "num_inference_steps")))
+    table = _FLOPS.get(key)
+    if table is None:
+        table = lab_flops(pipe, {**call, "num_inference_steps": 1})
+        _FLOPS.put(key, table, 1024)
+    return table
+
+
+class _Stages:
+    """Progress over a job's runs: run `i` of `total` covers [i / total, (i + 1) / total] of the bar."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def skip(self, desc: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done / self.total, desc=desc)
+
+    def __call__(self, run: str, step: int, steps: int) -> None:
+        if self.progress is not None:
+            self.progress(min(1.0, (self.done + step / steps) / self.total),
+                          desc=f"{RUN_LABELS.get(run, run)} run: step {step}/{steps}")
+        if step == steps:
+            self.done += 1
+
+
+def _baseline(pipe: Any, request: ComparisonRequest, stages: _Stages) -> tuple[RunResult, bool]:
+    """The stored uncached run for this request, or a new one (stored); and whether it was reused."""
     key = baseline_key(pipe, request.model, request)
     stored = BASELINES.get(key) if request.reuse_baseline else None
-    if stored is not None and progress is not None:
-        progress(0.5, desc="Baseline reused from an earlier run")
+    if stored is not None:
+        stages.skip("Baseline reused from an earlier run")
+        return stored, True
+    run = generate(pipe, request.prompt, seed=request.seed, name="baseline", progress=stages, **_call(pipe, request))
+    BASELINES.put(key, run, _run_bytes(run))
+    return run, False
+
+
+def run_job(registry_id: int, request: ComparisonRequest, progress: Progress | None = None) -> JobResult:
+    pipe = _REGISTRIES[registry_id].get(request.model)
+    peer = request.peer != "none"
+    stages = _Stages(progress, job_runs(request))
+    with pipeline_lock(pipe):
+        baseline, reused = _baseline(pipe, request, stages)
+    flops = _flops(pipe, request) if peer else None
     comparison = run_comparison(
-        pipe, request.prompt, seed=request.seed, config=request.config(), progress=on_step, record_pfs=True,
-        baseline=stored, num_inference_steps=request.steps, height=request.height, width=request.width,
+        pipe, request.prompt, seed=request.seed, config=request.config(), progress=stages, record_pfs=True,
+        baseline=baseline, flops=flops, num_inference_steps=request.steps, height=request.height, width=request.width,
     )
-    if stored is None:
-        BASELINES.put(key, comparison.baseline, _run_bytes(comparison.baseline))
     quality = compare_images(comparison.baseline.image, comparison.cached.image, lpips=True)
-    return JobResult(comparison=comparison, quality=quality, baseline_reused=stored is not None)
+    result = JobResult(comparison=comparison, quality=quality, baseline_reused=reused)
+    if peer:
+        cached = comparison.cached
+        target = cached.flops_share if cached.flops_share is not None else cached.trace.blocks_share()
+        try:
+            with pipeline_lock(pipe):
+                result.peer = run_at_share(pipe, request.peer, target, prompt=request.prompt, seed=request.seed,
+                                           baseline=baseline.image, flops=flops, call=_call(pipe, request),
+                                           progress=stages)
+        except (ValueError, TypeError) as exc:  # the method refused this model or step count; H2-Cache's result stands
+            result.peer_error = str(exc)
+        else:
+            result.peer_quality = compare_images(baseline.image, result.peer.best.run.image, lpips=True)
+    return result
+
+
+@dataclass
+class SweepResult:
+    """A sweep for one prompt and seed: H2-Cache at the request's setting, then each method's points."""
+
+    request: ComparisonRequest
+    baseline: RunResult
+    baseline_reused: bool
+    current: LabPoint  # H2-Cache at the request's own thresholds: the point the front marks
+    points: dict[str, list[LabPoint]]  # method -> its points, H2-Cache first
+    peer_error: str | None = None  # why the chosen peer could not run
+
+
+def run_sweep_job(registry_id: int, request: ComparisonRequest, points: int,
+                  progress: Progress | None = None) -> SweepResult:
+    """H2-Cache at the request's setting and at `points` settings along its thresholds' ray, and the request's
+    peer (if any) at `points` values of its knob, each scored against the uncached image."""
+    pipe = _REGISTRIES[registry_id].get(request.model)
+    stages = _Stages(progress, job_runs(request, points))
+    base = dict(request.settings)
+    with pipeline_lock(pipe):
+        baseline, reused = _baseline(pipe, request, stages)
+        flops = _flops(pipe, request)
+        lab = dict(prompt=request.prompt, seed=request.seed, baseline=baseline.image, flops=flops,
+                   call=_call(pipe, request), progress=stages)
+        current = run_point(pipe, "h2cache", base, name="H2-Cache at your setting", **lab)
+        found = {"h2cache": sweep(pipe, "h2cache", sweep_settings("h2cache", points, base), **lab)}
+        error = None
+        if request.peer != "none":
+            try:
+                found[request.peer] = sweep(pipe, request.peer, sweep_settings(request.peer, points), **lab)
+            except (ValueError, TypeError) as exc:
+                error = str(exc)
+    return SweepResult(request, baseline, reused, current, found, error)
 
 
 # --- ZeroGPU --------------------------------------------------------------------------------------

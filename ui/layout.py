@@ -9,13 +9,14 @@ import gradio as gr
 from h2cache import ConfigField, config_fields
 from h2cache.pipelines import EMBEDDED
 
-from .callbacks import OUTPUT_FIELDS, SCRUB_OUTPUTS, make_apply_target, make_generate, make_model_change, show_step
+from .callbacks import (OUTPUT_FIELDS, SCRUB_OUTPUTS, SWEEP_OUTPUTS, make_apply_target, make_generate,
+                        make_model_change, make_sweep, show_step, sweep_plan)
 from .pfs_panel import EMPTY_TABLE
 from .target_mode import MANUAL_TEXT, MODES, target_report
 from .models import ModelRegistry
 from .settings import AppSettings, Limits
-from .validation import APP_OPTIONS, OPTION_INPUTS, app_bounds, make_validator
-from .views import HEADERS
+from .validation import APP_OPTIONS, OPTION_INPUTS, PEER_CHOICES, SWEEP_DEFAULT, SWEEP_POINTS, app_bounds, make_validator
+from .views import HEADERS, PEER_HEADERS, SWEEP_HEADERS, peer_label
 
 ABOUT = """
 **What H2-Cache does.** A diffusion transformer runs all of its blocks at every denoising step,
@@ -112,6 +113,11 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                     budget = gr.Slider(label="Compute budget: share of blocks to run", minimum=0.3, maximum=0.9,
                                        step=0.05, value=0.5, elem_id="budget")
                     target_info = gr.Markdown(MANUAL_TEXT, elem_id="target-info")
+                peer = gr.Dropdown(label="Peer at the same compute", elem_id="peer",
+                                   choices=[("none", "none"), *((peer_label(p), p) for p in PEER_CHOICES[1:])],
+                                   value=APP_OPTIONS["peer"],
+                                   info="another cache, run after H2-Cache with its threshold searched (a few runs) "
+                                        "until it spends H2-Cache's share of block FLOPs on this image")
                 with gr.Accordion("Advanced", open=False):
                     pool1 = config_input(published["pool_size_stage1"], limits, spec.pool_size_stage1)
                     pool2 = config_input(published["pool_size_stage2"], limits, spec.pool_size_stage2)
@@ -141,6 +147,14 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                     c["metrics"] = gr.Dataframe(headers=HEADERS, label="Metrics (cached image against the baseline)",
                                                 interactive=False, elem_id="metrics", scale=2, wrap=True,
                                                 column_widths=["28%", "22%", "50%"], max_height=1000, buttons=["copy"])
+        with gr.Group(elem_id="peer-column"):
+            gr.Markdown("### The peer, at H2-Cache's share of compute", elem_classes=["section-title"])
+            with gr.Row():
+                c["peer_image"] = _image("Peer", "peer-image")
+                c["peer_difference"] = _image(f"|peer − baseline| × {settings.diff_gain:g}", "peer-difference")
+                c["peer_metrics"] = gr.Dataframe(headers=PEER_HEADERS, label="Peer (against the baseline)",
+                                                 interactive=False, elem_id="peer-metrics", scale=2, wrap=True,
+                                                 column_widths=["35%", "65%"], max_height=1000)
         gr.Examples(
             label="Examples (embedded model, a few seconds each on a CPU)",
             examples=[[e.prompt, e.seed, e.steps, e.size, e.size, e.tau1, e.tau2] for e in settings.examples]
@@ -151,6 +165,22 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
             c["stage1_plot"] = gr.Plot(label="Stage 1 decisions", format="png", elem_id="stage1-plot")
             c["stage2_plot"] = gr.Plot(label="Stage 2 decisions", format="png", elem_id="stage2-plot")
         c["compute_map"] = gr.Plot(label="Compute map", format="png", elem_id="compute-map")
+        c["decisions_plot"] = gr.Plot(label="Per-step decisions: H2-Cache and the peer", format="png",
+                                      elem_id="decisions-plot")
+        with gr.Group(elem_id="sweep"):
+            gr.Markdown("### Sweep: quality against compute for this prompt", elem_classes=["section-title"])
+            with gr.Row():
+                sweep_points = gr.Slider(label="Settings per method", minimum=SWEEP_POINTS[0], maximum=SWEEP_POINTS[1],
+                                         step=1, value=SWEEP_DEFAULT, elem_id="sweep-points", scale=2)
+                sweep_button = gr.Button("Run the sweep", elem_id="sweep-run", scale=1)
+                stop_button = gr.Button("Stop", variant="stop", elem_id="sweep-stop", scale=1)
+            s: dict[str, Any] = {}
+            s["sweep_status"] = gr.Markdown(sweep_plan(APP_OPTIONS["peer"], SWEEP_DEFAULT), elem_id="sweep-status")
+            s["front_plot"] = gr.Plot(label="Quality against compute", format="png", elem_id="front-plot")
+            s["sweep_table"] = gr.Dataframe(headers=SWEEP_HEADERS, label="Sweep points", interactive=False,
+                                            elem_id="sweep-table", wrap=True, max_height=600)
+            s["sweep_files"] = gr.File(label="Sweep results (CSV, JSON)", file_count="multiple", interactive=False,
+                                       elem_id="sweep-files")
         with gr.Group():
             gr.Markdown("### Step scrubber: the predicted clean image after each step", elem_classes=["section-title"])
             c["scrub_step"] = gr.Slider(label="Step", minimum=1, maximum=spec.default_steps, step=1,
@@ -176,7 +206,7 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
         # dropped after an hour, even for API sessions, which are never closed.
         c["scrub_state"] = gr.State(time_to_live=STATE_TTL_SECONDS)
 
-        inputs = [prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2, *options, reuse]  # INPUT_FIELDS order
+        inputs = [prompt, model, seed, steps, width, height, tau1, tau2, pool1, pool2, *options, reuse, peer]  # INPUT_FIELDS order
         generated = gr.on(
             triggers=[generate_button.click, prompt.submit],
             fn=make_generate(settings, registry),
@@ -190,7 +220,16 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
             # One comparison at a time: another request's runs or post-processing (plots, PNG encoding)
             # beside a timed run would distort its wall-clock speedup.
             concurrency_limit=1,
+            concurrency_id="model-runs",
         )
+        swept = sweep_button.click(make_sweep(settings, registry), inputs=[*inputs, sweep_points],
+                                   outputs=[s[name] for name in SWEEP_OUTPUTS], api_name="sweep", preprocess=False,
+                                   concurrency_limit=1, concurrency_id="model-runs")
+        # The handler stops at its next step once its event is gone from the queue (ui/serving.py).
+        stop_button.click(None, cancels=[swept], api_visibility="private", queue=False)
+        gr.on(triggers=[peer.change, sweep_points.change], fn=sweep_plan, inputs=[peer, sweep_points],
+              outputs=[s["sweep_status"]], api_name="sweep_plan", api_visibility="private", queue=False,
+              show_progress="hidden")
         c["scrub_step"].input(show_step, inputs=[c["scrub_step"], c["scrub_state"]],
                               outputs=[c[name] for name in SCRUB_OUTPUTS],
                               api_visibility="private", queue=False, show_progress="hidden")

@@ -67,7 +67,7 @@ def server_address(default_host: str, default_port: int, env: Mapping[str, str] 
 # and accepts uploads of any size though this app has no upload component. This middleware sits in
 # front of Gradio's routes and lets through:
 #
-# - queue joins and ``/call/<name>`` only for the public endpoint (``generate``);
+# - queue joins and ``/call/<name>`` only for the public endpoints (``generate``, ``sweep``);
 # - ``/run/<name>`` only for the page's unqueued handlers (the step scrubber, the model picker, the examples), with
 #   exactly their number of values;
 # - no upload at all, refused before its body is read.
@@ -81,10 +81,11 @@ UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/process_recording")
 class RequestGuard:
     """Pure ASGI middleware; add it with ``launch(app_kwargs={"middleware": [Middleware(RequestGuard, ...)]})``."""
 
-    def __init__(self, app: Any, demo: gr.Blocks, public_api: str, page_handlers: Sequence[str],
+    def __init__(self, app: Any, demo: gr.Blocks, public_api: Sequence[str], page_handlers: Sequence[str],
                  max_body: int = MAX_BODY_BYTES) -> None:
         self.app, self.demo, self.max_body = app, demo, max_body
-        self.public_api, self.page_handlers = public_api, set(page_handlers)
+        self.public_api = (public_api,) if isinstance(public_api, str) else tuple(public_api)
+        self.page_handlers = set(page_handlers)
 
     async def _reply(self, send, status: int, detail: str) -> None:
         body = json.dumps({"detail": detail}).encode()
@@ -105,7 +106,7 @@ class RequestGuard:
         if fn is None:
             return False
         if "/gradio_api/queue/join" in path or "/gradio_api/call/" in path:
-            return fn.api_name == self.public_api
+            return fn.api_name in self.public_api
         return fn.api_name in self.page_handlers and not fn.queue  # /gradio_api/run/...
 
     async def __call__(self, scope, receive, send) -> None:
@@ -134,7 +135,7 @@ class RequestGuard:
             return await self._reply(send, 400, "The request body must be JSON.")
         fn = self._function(path, payload)
         if not self._allowed(path, fn):
-            return await self._reply(send, 404, f"No such endpoint. The API is /{self.public_api}.")
+            return await self._reply(send, 404, f"No such endpoint. The API is {', '.join('/' + a for a in self.public_api)}.")
         data = payload.get("data") if isinstance(payload, dict) else None
         if not fn.queue and (not isinstance(data, list) or len(data) != len(fn.inputs)):
             return await self._reply(send, 400, f"Expected {len(fn.inputs)} values.")
@@ -162,22 +163,21 @@ class RequestGuard:
 QUEUE_FULL = "Queue is full ({limit} requests waiting or running); try again in a minute."
 
 
-def harden_queue(demo: gr.Blocks, *, max_total: int, api_name: str, optional_tail: Sequence[Any] = ()) -> None:
+def harden_queue(demo: gr.Blocks, *, max_total: int, tails: dict[str, Sequence[Any]]) -> None:
     """Wrap ``demo``'s queue (call after ``demo.queue()``, before ``launch()``).
 
     At most `max_total` events wait or run at once; the rest are refused with "Queue is full". A call to
-    `api_name` that leaves out some of the trailing optional inputs gets the missing ones' values from
-    `optional_tail` (as Python fills in trailing defaults); any other count is refused naming the range.
+    an endpoint in `tails` that leaves out some of its trailing optional inputs gets the missing ones' values
+    from its tail (as Python fills in trailing defaults); any other count is refused naming the range.
     """
     queue = demo._queue
     original_push = queue.push
     lock = asyncio.Lock()
-    required = None
 
     async def push(body, request, username):
-        nonlocal required
         fn = demo.fns.get(body.fn_index) if isinstance(body.fn_index, int) else None
-        if fn is not None and fn.api_name == api_name:
+        if fn is not None and fn.api_name in tails:
+            api_name, optional_tail = fn.api_name, tails[fn.api_name]
             need = len(fn.inputs)
             required = need - len(optional_tail)
             data = body.data if isinstance(body.data, list) else None

@@ -51,9 +51,11 @@ class GpuEstimate:
     fixed_seconds: float
     source: str
 
-    def seconds(self, steps: int, width: int, height: int) -> float:
+    def seconds(self, steps: int, width: int, height: int, runs: int = 2) -> float:
+        """A comparison's seconds; `runs` pipeline calls in all (a peer's tries and a sweep's points add runs,
+        without step previews)."""
         scale = width * height / 1024**2
-        return self.fixed_seconds + 2 * steps * scale * (self.step_seconds + self.preview_seconds)
+        return self.fixed_seconds + steps * scale * (runs * self.step_seconds + 2 * self.preview_seconds)
 
 
 @dataclass(frozen=True)
@@ -134,13 +136,13 @@ class AppSettings:
         those marked ``zero_gpu``."""
         return [m for m in self.models if (cuda_available or not m.requires_gpu) and (m.zero_gpu or not zero_gpu)]
 
-    def gpu_call_seconds(self, key: str, steps: int, width: int, height: int) -> int:
-        """Seconds to ask ZeroGPU for one comparison: margin x the model's estimate, within the bounds
-        (``zero_gpu_duration`` for a model without an estimate)."""
+    def gpu_call_seconds(self, key: str, steps: int, width: int, height: int, runs: int = 2) -> int:
+        """Seconds to ask ZeroGPU for one comparison of `runs` pipeline calls: margin x the model's estimate,
+        within the bounds (``zero_gpu_duration`` for a model without an estimate)."""
         estimate = self.model(key).gpu_estimate
         if estimate is None:
             return self.zero_gpu_duration
-        wanted = self.zero_gpu.margin * estimate.seconds(steps, width, height)
+        wanted = self.zero_gpu.margin * estimate.seconds(steps, width, height, runs)
         return int(min(max(wanted, self.zero_gpu.min_duration), self.zero_gpu.max_duration) + 0.999)
 
     def model(self, key: str) -> ModelSpec:

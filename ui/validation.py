@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from h2cache import ConfigField, H2CacheConfig, config_fields
+from h2cache.lab import MAX_SWEEP_POINTS, PEERS
 
 from .settings import AppSettings, Limits
 
@@ -21,8 +22,12 @@ from .settings import AppSettings, Limits
 CONFIG_INPUTS: tuple[ConfigField, ...] = config_fields("published") + config_fields("option")
 OPTION_INPUTS: tuple[ConfigField, ...] = config_fields("option")
 RUN_FIELDS = ("prompt", "model", "seed", "steps", "width", "height")
-# Switches of the app itself (not of the cache), with their defaults: they come after the config's options.
-APP_OPTIONS: dict[str, bool] = {"reuse_baseline": True}
+# Choices of the app itself (not of the cache), with their defaults: they come after the config's options.
+# peer: a method run beside H2-Cache at its share of compute (h2cache.lab), "none" for no peer column.
+APP_OPTIONS: dict[str, Any] = {"reuse_baseline": True, "peer": "none"}
+PEER_CHOICES: tuple[str, ...] = ("none", *PEERS)
+SWEEP_POINTS = (2, MAX_SWEEP_POINTS)  # allowed range of the sweep's points per method
+SWEEP_DEFAULT = 3
 # Order of the generate endpoint's inputs; the validator returns one gr.validate per entry.
 # The options come last, so API callers that send only the first ten (or fourteen) still work.
 INPUT_FIELDS = (*RUN_FIELDS, *(f.name for f in CONFIG_INPUTS), *APP_OPTIONS)
@@ -40,6 +45,7 @@ class ComparisonRequest:
     height: int
     settings: tuple[tuple[str, Any], ...]  # (name, value) in CONFIG_INPUTS order
     reuse_baseline: bool = APP_OPTIONS["reuse_baseline"]  # take the uncached run from the store when it holds it
+    peer: str = APP_OPTIONS["peer"]  # a peer method at H2-Cache's compute, or "none"
 
     def config(self) -> H2CacheConfig:
         # num_inference_steps is what final_full_steps counts back from; it changes nothing else.
@@ -165,8 +171,13 @@ def find_problems(settings: AppSettings, allowed_models: list[str], values: dict
             continue
         check = _real if f.kind is float else _whole
         clean[f.name] = check(value, f.name, *bounds, problems)
-    for name, default in APP_OPTIONS.items():
-        clean[name] = _flag(values.get(name, default), name, problems)
+    clean["reuse_baseline"] = _flag(values.get("reuse_baseline", APP_OPTIONS["reuse_baseline"]), "reuse_baseline",
+                                    problems)
+    peer = values.get("peer", APP_OPTIONS["peer"])
+    if peer in PEER_CHOICES:
+        clean["peer"] = peer
+    else:
+        problems["peer"] = f"peer must be one of {list(PEER_CHOICES)}, got {_shown(peer)}"
     return problems, {k: v for k, v in clean.items() if k not in problems}
 
 
@@ -202,3 +213,12 @@ def make_validator(settings: AppSettings, allowed_models: list[str]):
         return [gr.validate(field not in problems, problems.get(field, "")) for field in INPUT_FIELDS]
 
     return validate_inputs
+
+
+def validate_sweep_points(value: Any) -> int:
+    """The sweep's points per method, or a ``gr.Error`` naming the field and its range."""
+    problems: dict[str, str] = {}
+    points = _whole(value, "sweep_points", *SWEEP_POINTS, problems)
+    if problems:
+        raise gr.Error("Invalid input: " + problems["sweep_points"], title="Invalid input")
+    return points

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from h2cache.compare import Comparison
+from h2cache.lab import LabPoint, PeerMatch
 from h2cache.trace import StepRecord, Trace
 
 from .validation import ComparisonRequest
@@ -185,3 +186,87 @@ def comparison_details(request: ComparisonRequest, comparison: Comparison, quali
         },
         "trace": [record.as_dict() for record in trace],
     }
+
+
+# --- the cache lab: the peer column and the sweep ---------------------------------------------------
+# What the page shows of the peer run beside H2-Cache, and of a sweep (h2cache.lab).
+
+PEER_HEADERS = ["", "Peer"]
+SWEEP_HEADERS = ["method", "settings", "share of block FLOPs", "blocks run", "PSNR (dB)", "SSIM", "wall time (s)"]
+
+
+def peer_label(method: str) -> str:
+    return {"fbcache": "FirstBlockCache", "fbcache-guarded": "FirstBlockCache + guards", "teacache": "TeaCache",
+            "teacache-guarded": "TeaCache + guards", "magcache": "MagCache", "taylorseer": "TaylorSeer",
+            "seacache": "SeaCache", "h2cache": "H2-Cache"}.get(method, method)
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+                     for k, v in settings.items())
+
+
+def peer_match_text(match: PeerMatch) -> str:
+    """Whether the peer ran at H2-Cache's compute, and if not, why."""
+    if match.matched:
+        return (f"{match.share:.1%} of block FLOPs against H2-Cache's {match.target:.1%}: within "
+                f"{match.tolerance:.0%} (found in {len(match.tries)} tries)")
+    return (f"{match.share:.1%} of block FLOPs against H2-Cache's {match.target:.1%}: not within "
+            f"{match.tolerance:.0%}, because {match.note}; the closest try is shown")
+
+
+def peer_rows(match: PeerMatch | None, quality: dict[str, Any] | None, baseline_seconds: float,
+              peer: str = "none", error: str | None = None) -> list[list[str]]:
+    if error is not None:
+        return [["Method", peer_label(peer)], ["Not run", error]]
+    if match is None or quality is None:
+        return [["Peer", "none chosen (pick one under Peer)"]]
+    best = match.best
+    speedup = baseline_seconds / best.run.seconds if best.run.seconds > 0 else float("nan")
+    ran = sum(r.blocks_run for r in best.trace)
+    total = sum(r.blocks_total for r in best.trace)
+    return [
+        ["Method", peer_label(best.method)],
+        ["Setting found", _settings_text(best.settings)],
+        ["Compute matched to H2-Cache", peer_match_text(match)],
+        ["Blocks executed", f"{best.blocks_share:.1%} ({ran}/{total})"],
+        ["Steps reused", f"{best.trace.hit_count()}/{len(best.trace)}"],
+        ["Wall time", f"{best.run.seconds:.2f} s"],
+        [SPEEDUP_LABEL, f"{speedup:.2f}×"],
+        ["PSNR vs baseline", format_psnr(quality["psnr"])],
+        ["SSIM vs baseline", format_ssim(quality["ssim"])],
+        ["LPIPS (AlexNet) vs baseline", format_lpips(quality["lpips"], quality.get("lpips_reason"))],
+    ]
+
+
+def peer_details(match: PeerMatch | None, quality: dict[str, Any] | None) -> dict[str, Any] | None:
+    if match is None or quality is None:
+        return None
+    return {
+        "method": match.best.method, "settings": match.best.settings, "target_share": match.target,
+        "share": match.share, "matched": match.matched, "tolerance": match.tolerance, "note": match.note or None,
+        "seconds": match.best.run.seconds, "blocks_share": match.best.blocks_share,
+        "quality": {"psnr": _finite_or_text(quality["psnr"]), "ssim": quality["ssim"], "lpips": quality["lpips"],
+                    "lpips_reason": quality.get("lpips_reason")},
+        "tries": [{"settings": t.settings, "share": t.share, "psnr": _finite_or_text(t.psnr)} for t in match.tries],
+        "trace": [r.as_dict() for r in match.best.trace],
+    }
+
+
+def sweep_rows(points: dict[str, list[LabPoint]], current: LabPoint) -> list[list[str]]:
+    """One row per run, H2-Cache's current setting first, then each method's points by share."""
+    rows = []
+    for label, p in [("H2-Cache (your setting)", current),
+                     *((peer_label(m), p) for m, found in points.items() for p in sorted(found, key=lambda p: -p.share))]:
+        rows.append([label, _settings_text({k: v for k, v in p.settings.items() if k in ("tau1", "tau2", "threshold",
+                                                                                          "cache_interval")}),
+                     f"{p.share:.1%}", f"{p.blocks_share:.1%}", f"{p.psnr:.2f}", format_ssim(p.ssim),
+                     f"{p.run.seconds:.2f}"])
+    return rows
+
+
+def sweep_records(points: dict[str, list[LabPoint]], current: LabPoint) -> list[dict[str, Any]]:
+    """The sweep's runs as flat records (the CSV's rows and the JSON's list); ``current`` marks your setting."""
+    records = [{**current.as_row(), "current": True}]
+    records += [{**p.as_row(), "current": False} for found in points.values() for p in found]
+    return records
