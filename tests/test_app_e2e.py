@@ -15,6 +15,7 @@ from h2cache.config import H2CacheConfig, config_fields
 from h2cache.metrics import psnr as psnr_of
 
 from ui.callbacks import OUTPUT_FIELDS
+from ui.validation import APP_OPTIONS
 
 from embedded_facts import EMBEDDED
 
@@ -113,11 +114,12 @@ def test_the_readme_ten_argument_call_still_works_with_the_options_off(client):
 
 def test_the_options_are_api_parameters_with_the_librarys_defaults(client):
     parameters = client.view_api(return_format="dict")["named_endpoints"]["/generate"]["parameters"]
-    *parameters, reuse = parameters  # the app's own switch comes after the cache's options
-    assert [p["parameter_name"] for p in parameters][-len(OPTIONS):] == list(OPTIONS)
-    for p in parameters[-len(OPTIONS):]:
+    # The app's own options come after the cache's, each with the app's default.
+    cache, app = parameters[:-len(APP_OPTIONS)], parameters[-len(APP_OPTIONS):]
+    assert [p["parameter_name"] for p in cache][-len(OPTIONS):] == list(OPTIONS)
+    for p in cache[-len(OPTIONS):]:
         assert p["parameter_has_default"] and p["parameter_default"] == getattr(H2CacheConfig(), p["parameter_name"])
-    assert reuse["parameter_name"] == "reuse_baseline" and reuse["parameter_default"] is True
+    assert {p["parameter_name"]: p["parameter_default"] for p in app} == APP_OPTIONS
 
 
 def test_the_options_reach_the_cache(client):

@@ -175,7 +175,8 @@ def build_demo(settings: AppSettings, registry: ModelRegistry) -> gr.Blocks:
                 sweep_button = gr.Button("Run the sweep", elem_id="sweep-run", scale=1)
                 stop_button = gr.Button("Stop", variant="stop", elem_id="sweep-stop", scale=1)
             s: dict[str, Any] = {}
-            s["sweep_status"] = gr.Markdown(sweep_plan(APP_OPTIONS["peer"], SWEEP_DEFAULT), elem_id="sweep-status")
+            s["sweep_status"] = gr.Markdown(sweep_plan(APP_OPTIONS["peer"], SWEEP_DEFAULT), label="Sweep status",
+                                          elem_id="sweep-status")
             s["front_plot"] = gr.Plot(label="Quality against compute", format="png", elem_id="front-plot")
             s["sweep_table"] = gr.Dataframe(headers=SWEEP_HEADERS, label="Sweep points", interactive=False,
                                             elem_id="sweep-table", wrap=True, max_height=600)
