@@ -20,7 +20,6 @@ Beside the algorithm, off by default: the guards (:mod:`h2cache.guards`), one pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,6 +32,7 @@ from .guards import Guards
 from .hook_machinery import ContextStateManager, ScheduleWatch, StatefulBlockHook
 from .pfs_views import PFSViews
 from .seams import DistanceReducer, LocalPFS, residual_source
+from .stages import STAGES
 from .trace import StepRecord, Trace
 
 # Fields that pick the hooks at apply time; a change afterwards is refused rather than ignored.
@@ -40,46 +40,6 @@ FIXED_AT_APPLY = ("stage_split", "skip_stage2_probe_on_hit")
 ROOT_HOOK = "h2cache_root"
 PROBE_HOOK = "h2cache_probe"
 BLOCK_HOOK = "h2cache_block"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """What tells the paper's two stages apart, as data, so that the hooks never branch on a stage index.
-
-    Attributes:
-        index: 0 for the structure stage, 1 for the detail stage (``number`` counts from 1, as the paper does).
-        threshold, pool_size: the :class:`H2CacheConfig` fields of its threshold and PFS pool size.
-        joint_signal: the probe signal is ``[text; image]`` residuals (detail), or the image stream alone.
-        follows_structure: a structure-stage hit makes this stage hit too (unless ``independent_stage2``).
-        distance_field, hit_field, forced_field: where its decision goes in a :class:`StepRecord`.
-    """
-
-    index: int
-    threshold: str
-    pool_size: str
-    joint_signal: bool
-    follows_structure: bool
-    distance_field: str
-    hit_field: str
-    forced_field: str | None
-
-    @property
-    def number(self) -> int:
-        return self.index + 1
-
-    def record(self, record: StepRecord, distance: float | None, hit: bool, forced: bool) -> None:
-        setattr(record, self.distance_field, distance)
-        setattr(record, self.hit_field, hit)
-        if self.forced_field:
-            setattr(record, self.forced_field, forced)
-
-
-STAGES = (
-    StageSpec(0, "tau1", "pool_size_stage1", joint_signal=False, follows_structure=False,
-              distance_field="d1", hit_field="hit1", forced_field=None),
-    StageSpec(1, "tau2", "pool_size_stage2", joint_signal=True, follows_structure=True,
-              distance_field="d2", hit_field="hit2", forced_field="forced2"),
-)
 
 
 class _StageState:

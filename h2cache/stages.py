@@ -11,6 +11,10 @@ k tokens averages neighbours within a row of one frame.
 Classes that derive from a table entry are supported through it. Anything else gets a ``ValueError``
 naming its class and the supported ones.
 
+:data:`STAGES` holds what tells the two stages apart once the blocks are split (which threshold and pool
+size, which streams the probe compares, whether a structure hit carries over, where the trace records the
+decision), so that the hooks of :mod:`h2cache.hooks` never branch on a stage index.
+
 Example:
     >>> from diffusers import FluxTransformer2DModel
     >>> t = FluxTransformer2DModel(num_layers=2, num_single_layers=4, attention_head_dim=8,
@@ -27,9 +31,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+if TYPE_CHECKING:
+    from .trace import StepRecord
 
 
 @dataclass(frozen=True)
@@ -174,3 +182,43 @@ def resolve_stages(transformer: torch.nn.Module, stage_split: int | None = None)
     _check_known(first, kind)
     name = layout.stage1
     return StageSplit(first[:split], first[split:], f"{name}[0:{split}]", f"{name}[{split}:{n}]")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What tells the paper's two stages apart, as data, so that the hooks never branch on a stage index.
+
+    Attributes:
+        index: 0 for the structure stage, 1 for the detail stage (``number`` counts from 1, as the paper does).
+        threshold, pool_size: the :class:`H2CacheConfig` fields of its threshold and PFS pool size.
+        joint_signal: the probe signal is ``[text; image]`` residuals (detail), or the image stream alone.
+        follows_structure: a structure-stage hit makes this stage hit too (unless ``independent_stage2``).
+        distance_field, hit_field, forced_field: where its decision goes in a :class:`StepRecord`.
+    """
+
+    index: int
+    threshold: str
+    pool_size: str
+    joint_signal: bool
+    follows_structure: bool
+    distance_field: str
+    hit_field: str
+    forced_field: str | None
+
+    @property
+    def number(self) -> int:
+        return self.index + 1
+
+    def record(self, record: StepRecord, distance: float | None, hit: bool, forced: bool) -> None:
+        setattr(record, self.distance_field, distance)
+        setattr(record, self.hit_field, hit)
+        if self.forced_field:
+            setattr(record, self.forced_field, forced)
+
+
+STAGES = (
+    StageSpec(0, "tau1", "pool_size_stage1", joint_signal=False, follows_structure=False,
+              distance_field="d1", hit_field="hit1", forced_field=None),
+    StageSpec(1, "tau2", "pool_size_stage2", joint_signal=True, follows_structure=True,
+              distance_field="d2", hit_field="hit2", forced_field="forced2"),
+)
