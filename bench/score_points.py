@@ -5,7 +5,7 @@ The tuning half of the benchmark's rule (tune on calibration prompts, judge on h
 seed 0, never a benchmark prompt) and prints its mean share of FLOPs and its PSNR against the uncached image
 (mean-MSE basis, median and worst prompt). No benchmark prompt is touched, so nothing printed here is a verdict.
 
-``python -m bench.score_points 'h2cache-guarded-forecast|{"tau1": 0.3, "tau2": 0.3, "forecast_error_limit": 0.06}' \\
+``python -m bench.score_points 'h2cache-guarded-forecast|{"tau1": 0.3, "tau2": 0.3, "forecast_probe_factor": true}' \\
     --steps 28 --prompts 8 --fix pool_size_stage1=128 pool_size_stage2=22`` (the points first: ``--fix`` takes
 every word after it).
 

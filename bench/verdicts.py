@@ -34,6 +34,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from h2cache.methods.registry import FAMILIES
+
 from .fronts import EPS, best_reached, dominates, front_value, pareto_front
 from .quality import PSNR_IDENTICAL, metric_value
 
@@ -45,7 +47,9 @@ DEGENERATE_DB = 10.0
 MIN_VERDICT_PROMPTS, MIN_VERDICT_SEEDS = 8, 2
 # The default and the proposed H2-Cache variants; ablations are compared in their own runs.
 SUBJECTS = ("h2cache", "h2cache-guarded", "h2cache-one-probe", "h2cache-guarded-one-probe")
-PEERS = ("fbcache", "teacache", "magcache", "fbcache-guarded", "teacache-guarded", "magcache-per-context")
+# Every preset of every other family: a peer left out of the default would silently drop from the verdicts.
+PEERS = tuple(name for family, presets in FAMILIES.items() if family not in ("none", "h2cache")
+              for name in presets.values())
 RAN_EVERYTHING = 0.999  # a point at this cost or more cached nothing: no verdict
 
 
