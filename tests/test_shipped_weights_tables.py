@@ -1,6 +1,6 @@
 """The shipped weights' verdicts (docs/benchmarks/v2b-28 and v2b-50, union-*.md) are what bench.union makes
 from the stored runs beside them (rebuild with the command on each file's first line), and BENCHMARKS.md's
-first screen is what bench.first_screen makes from them."""
+first screen is what bench.first_screen makes from them; so is its hard-samples table from its raw files."""
 
 import shlex
 import subprocess
@@ -32,3 +32,13 @@ def test_the_first_screen_is_what_its_stored_runs_give():
     stored = (ROOT / "docs" / "benchmarks" / "first-screen.md").read_text()
     # BENCHMARKS.md shows the generated tables as they are
     assert stored.split("\n", 2)[2].strip() in benchmarks
+
+
+def test_the_hard_samples_table_is_what_its_raw_files_give():
+    folder = ROOT / "docs" / "benchmarks" / "hard-samples"
+    files = [str(p.relative_to(ROOT)) for p in (*sorted(folder.glob("*.jsonl")), *sorted(folder.glob("*.json")))]
+    assert len(files) == 6
+    made = subprocess.run([sys.executable, "-m", "devtools.hard_samples", "summary", *files], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert made.stdout.strip() in (ROOT / "docs" / "BENCHMARKS.md").read_text()
