@@ -1,5 +1,5 @@
-"""The shipped weights' verdicts (docs/benchmarks/v2b-28 and v2b-50, union-*.md) are what bench.union makes
-from the stored runs beside them (rebuild with the command on each file's first line), and BENCHMARKS.md's
+"""The shipped weights' verdicts (docs/benchmarks/v2b-28, v2b-50 and v2b-100-b, union-*.md) are what
+bench.union makes from the stored runs beside them (rebuild with the command on each file's first line), and BENCHMARKS.md's
 first screen is what bench.first_screen makes from them; so is its hard-samples table from its raw files."""
 
 import shlex
@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("run", ["v2b-28", "v2b-50"])
+@pytest.mark.parametrize("run", ["v2b-28", "v2b-50", "v2b-100-b"])
 @pytest.mark.parametrize("basis", ["mean", "median", "worst"])
 def test_the_stored_verdicts_are_those_of_the_stored_runs(run, basis):
     stored = (ROOT / "docs" / "benchmarks" / run / f"union-{basis}.md").read_text()
