@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,13 @@ class Guards:
     def forces_full(self, step: int, streak: int) -> bool:
         """True when the call at `step`, after `streak` reusing calls in a row, must compute every block."""
         return self.forced_by(step, streak) is not None
+
+    @classmethod
+    def from_h2_config(cls, config: Any) -> Guards:
+        """The guards an ``H2CacheConfig`` asks for (its ``warmup_steps``, ``max_consecutive_hits``,
+        ``final_full_steps`` and ``num_inference_steps``)."""
+        return cls(config.warmup_steps, config.max_consecutive_hits, config.final_full_steps,
+                   config.num_inference_steps)
 
     def h2_fields(self) -> dict[str, int]:
         """The same guards as ``H2CacheConfig`` fields."""

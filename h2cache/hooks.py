@@ -98,8 +98,7 @@ class H2RootHook(ModelHook):
         if self.watch.new_schedule() or self._new_run or self._in_call:
             self._check_config()
             self.reducer.check(module, self.config)
-            self.guards = Guards(self.config.warmup_steps, self.config.max_consecutive_hits,
-                                 self.config.final_full_steps, self.config.num_inference_steps)
+            self.guards = Guards.from_h2_config(self.config)
             self.state_manager.forget_states()  # the pipeline has set this call's context already
             self.trace.clear()
             self.views.clear()
