@@ -15,7 +15,8 @@ the relative latent error after every step.
         --out docs/benchmarks/hard-samples/outside-grammar.jsonl
     python -m devtools.hard_samples kicks "an astronaut riding a horse on the moon" 13 \\
         --out docs/benchmarks/hard-samples/kicks-astronaut-13.json      (and seed 12; the same for
-        "a big crimson circle in the middle on a dotted teal background", kicks-crimson-12/13.json)
+        "a big crimson circle in the middle on a dotted teal background", "a photo of a cat sitting on a
+        sofa" and "a watercolor painting of mountains at sunset": kicks-crimson/cat/watercolor-12/13.json)
     python -m devtools.hard_samples summary docs/benchmarks/hard-samples/*.jsonl docs/benchmarks/hard-samples/*.json
 
 About 30 s per sample and 7 minutes for ``kicks`` on one CPU thread.

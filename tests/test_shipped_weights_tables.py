@@ -37,8 +37,9 @@ def test_the_first_screen_is_what_its_stored_runs_give():
 def test_the_hard_samples_table_is_what_its_raw_files_give():
     folder = ROOT / "docs" / "benchmarks" / "hard-samples"
     files = [str(p.relative_to(ROOT)) for p in (*sorted(folder.glob("*.jsonl")), *sorted(folder.glob("*.json")))]
-    assert len(files) == 6
+    assert len(files) >= 6
     made = subprocess.run([sys.executable, "-m", "devtools.hard_samples", "summary", *files], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
     assert made.stdout.strip() in (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    assert all(f"`{Path(f).name}`" in made.stdout for f in files)  # no raw file left out of the table
