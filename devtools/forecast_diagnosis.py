@@ -27,6 +27,11 @@ from h2cache.prompt_split import read_prompts
 PROMPTS = Path(__file__).resolve().parent.parent / "bench" / "prompts" / "embedded_fresh.txt"
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A pipeline's float image in [0, 1] as the 8-bit image the metrics compare."""
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+
 def run(pipe, prompt: str, seed: int, steps: int, config: h2cache.H2CacheConfig | None):
     latents: list[torch.Tensor] = []
     factors: dict[int, float] = {}
@@ -102,9 +107,8 @@ def main() -> None:
         sample = {"prompt": prompt, "seed": args.seed}
         for name, config in variants.items():
             image, latents, trace, factors = run(pipe, prompt, args.seed, args.steps, config)
-            to8 = lambda a: (np.clip(a, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
             errors = [float((a - b).norm() / b.norm()) for a, b in zip(latents, ref_latents)]
-            sample[name] = {"psnr": float(min(psnr(to8(ref), to8(image)), 100.0)),
+            sample[name] = {"psnr": float(min(psnr(to_uint8(ref), to_uint8(image)), 100.0)),
                             "blocks": sum(1 for s in trace if not s[1]),
                             "trace": trace, "factors": factors, "latent_error": errors}
         out.append(sample)

@@ -29,6 +29,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ from h2cache.lab import lab_flops, run_point
 from h2cache.methods import apply_method
 from h2cache.metrics import psnr
 from h2cache.prompt_split import read_prompts
+
+from .forecast_diagnosis import to_uint8
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 100
@@ -60,11 +63,12 @@ def held_prompts(n: int) -> list[str]:
     return list(dict.fromkeys(s.prompt() for s in specs))[:n]
 
 
-def _pipe():
+def _pipe() -> tuple[Any, dict[str, Any]]:
+    """The embedded model on one CPU thread, and its call at STEPS steps."""
     torch.set_num_threads(1)
     pipe = h2cache.load_pipeline(device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe, {**h2cache.generation_defaults(pipe), "num_inference_steps": STEPS}
 
 
 def screen(prompts: list[str], out: Path) -> None:
@@ -72,8 +76,7 @@ def screen(prompts: list[str], out: Path) -> None:
     if out.exists():
         done = {(r["prompt"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())}
     out.parent.mkdir(parents=True, exist_ok=True)
-    pipe = _pipe()
-    call = dict(num_inference_steps=STEPS, height=128, width=128, guidance_scale=3.0, max_sequence_length=16)
+    pipe, call = _pipe()
     flops = lab_flops(pipe, call)
     for prompt in prompts:
         for seed in SEEDS:
@@ -91,9 +94,7 @@ def screen(prompts: list[str], out: Path) -> None:
 
 
 def kicks(prompt: str, seed: int, out: Path) -> None:
-    pipe = _pipe()
-    call = {**h2cache.generation_defaults(pipe), "num_inference_steps": STEPS}
-    to8 = lambda a: (np.clip(a, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
+    pipe, call = _pipe()
 
     def run(kick: tuple[int, float] | None = None) -> tuple[np.ndarray, list[torch.Tensor]]:
         latents = []
@@ -115,14 +116,14 @@ def kicks(prompt: str, seed: int, out: Path) -> None:
     for step in (10, 30, 60, 90):
         for size in (1e-4, 1e-3):
             image, _ = run((step, size))
-            result["kicks"][f"{step}:{size}"] = float(psnr(to8(ref), to8(image)))
+            result["kicks"][f"{step}:{size}"] = float(psnr(to_uint8(ref), to_uint8(image)))
             print("kick", step, size, result["kicks"][f"{step}:{size}"], flush=True)
     for name, (method, settings) in {"forecast": FORECAST, "h2cache": PUBLISHED, "fbcache": FBCACHE}.items():
         with apply_method(pipe, method, num_inference_steps=STEPS, **settings) as handle:
             image, latents = run()
             share = handle.trace.blocks_share()
         errors = [float((a - b).norm() / b.norm()) for a, b in zip(latents, ref_latents)]
-        result["methods"][name] = {"psnr": float(psnr(to8(ref), to8(image))), "err": errors, "share": share}
+        result["methods"][name] = {"psnr": float(psnr(to_uint8(ref), to_uint8(image))), "err": errors, "share": share}
         print(name, result["methods"][name]["psnr"], share, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))

@@ -1,6 +1,7 @@
 """The shipped weights' verdicts (docs/benchmarks/v2b-28, v2b-50 and v2b-100-b, union-*.md) are what
-bench.union makes from the stored runs beside them (rebuild with the command on each file's first line), and BENCHMARKS.md's
-first screen is what bench.first_screen makes from them; so is its hard-samples table from its raw files."""
+bench.union makes from the stored runs beside them (rebuild with the command on each file's first line),
+BENCHMARKS.md's first screen is what bench.first_screen makes from them, and its hard-samples table is what
+devtools.hard_samples makes from its raw files."""
 
 import shlex
 import subprocess
